@@ -1,0 +1,181 @@
+//! The acceptor thread: accepts until `WouldBlock` and deals sockets to reactors round-robin.
+//!
+//! Owns the listening socket, the connection ceiling and the hand-off `try_send`. Fallback
+//! when every reactor's hand-off queue is full: the socket waits in the acceptor's own bounded
+//! backlog and is retried every millisecond; when that backlog is full too, or the socket has
+//! waited a whole handshake timeout, it is refused with HTTP 503 and errCode 1601, counted and
+//! logged. Past `max_connections` it is refused at once. It blocks only in its own `poll`.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::Shutdown;
+use std::sync::atomic::Ordering::*;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, TrySendError};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+
+use crate::mailbox::Mailbox;
+use crate::metrics::{add, inc};
+use crate::protocol::{codes, status_json};
+use crate::reactor::{Shared, WAKE};
+
+const LISTENER: Token = Token(0);
+/// Poll timeout after the process ran out of descriptors, before accepting again.
+const EMFILE_BACKOFF: Duration = Duration::from_millis(50);
+/// Sockets that may wait in the acceptor while every reactor's hand-off queue is full.
+pub(crate) const ACCEPT_BACKLOG: usize = 4096;
+/// Poll timeout while sockets wait in the acceptor's backlog.
+const BACKLOG_RETRY: Duration = Duration::from_millis(1);
+
+/// One reactor as the acceptor sees it.
+pub(crate) struct Lane {
+    pub(crate) handoff: Sender<TcpStream>,
+    pub(crate) mailbox: Arc<Mailbox>,
+}
+
+pub(crate) struct Acceptor {
+    pub(crate) poll: Poll,
+    pub(crate) listener: TcpListener,
+    pub(crate) lanes: Vec<Lane>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) pending: VecDeque<(TcpStream, Instant)>,
+    pub(crate) next: usize,
+}
+
+impl Acceptor {
+    pub(crate) fn run(mut self) {
+        if let Err(e) = self.poll.registry().register(&mut self.listener, LISTENER, Interest::READABLE) {
+            log::error!("acceptor: cannot poll the listener: {e}");
+            return;
+        }
+        let mut events = Events::with_capacity(64);
+        let mut backoff = None;
+        while !self.shared.shutdown.load(Acquire) {
+            let timeout = if self.pending.is_empty() { backoff } else { Some(BACKLOG_RETRY) };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != ErrorKind::Interrupted {
+                    log::error!("acceptor: poll failed: {e}");
+                    return;
+                }
+            }
+            backoff = None;
+            if self.shared.shutdown.load(Acquire) {
+                break;
+            }
+            self.retry_pending();
+            loop {
+                match self.listener.accept() {
+                    Ok((stream, peer)) => {
+                        inc(&self.shared.metrics.accepted);
+                        log::trace!("accepted {peer}");
+                        self.hand_off(stream);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted || e.kind() == ErrorKind::ConnectionAborted => {}
+                    Err(e) => {
+                        // EMFILE/ENFILE: the pending connection stays in the kernel's backlog;
+                        // edge-triggered readiness will not repeat, so poll again after a pause.
+                        log::error!("acceptor: accept failed: {e}; retrying in {EMFILE_BACKOFF:?}");
+                        backoff = Some(EMFILE_BACKOFF);
+                        break;
+                    }
+                }
+            }
+        }
+        log::debug!("acceptor: stopped accepting");
+    }
+
+    /// Gives `stream` to a reactor, round-robin, or keeps it in the backlog, or refuses it.
+    fn hand_off(&mut self, stream: TcpStream) {
+        let metrics = self.shared.metrics.clone();
+        let max = self.shared.config.max_connections as i64;
+        if metrics.connections.load(Relaxed) >= max {
+            inc(&metrics.refused_max_connections);
+            log::warn!("refusing a connection: {max} connections held (max_connections)");
+            refuse(stream, "too many connections: the gateway is at max_connections");
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        add(&metrics.connections, 1);
+        if !self.pending.is_empty() {
+            self.keep(stream, Instant::now()); // behind the ones already waiting
+            return;
+        }
+        if let Err(stream) = self.try_lanes(stream) {
+            inc(&metrics.handoff_queue_full);
+            self.keep(stream, Instant::now());
+        }
+    }
+
+    /// Offers `stream` to each reactor once, starting with the next in turn.
+    fn try_lanes(&mut self, mut stream: TcpStream) -> Result<(), TcpStream> {
+        for _ in 0..self.lanes.len() {
+            let lane = &self.lanes[self.next % self.lanes.len()];
+            self.next = self.next.wrapping_add(1);
+            match lane.handoff.try_send(stream) {
+                Ok(()) => {
+                    lane.mailbox.wake();
+                    return Ok(());
+                }
+                Err(TrySendError::Full(s) | TrySendError::Disconnected(s)) => stream = s,
+            }
+        }
+        Err(stream)
+    }
+
+    fn keep(&mut self, stream: TcpStream, since: Instant) {
+        if self.pending.len() >= ACCEPT_BACKLOG {
+            self.refuse_busy(stream, "every reactor's hand-off queue and the accept backlog are full");
+        } else {
+            self.pending.push_back((stream, since));
+        }
+    }
+
+    fn retry_pending(&mut self) {
+        let limit = self.shared.config.handshake_timeout;
+        while let Some((stream, since)) = self.pending.pop_front() {
+            if since.elapsed() >= limit {
+                self.refuse_busy(stream, "no reactor could take the connection within the handshake timeout");
+                continue;
+            }
+            if let Err(stream) = self.try_lanes(stream) {
+                self.pending.push_front((stream, since));
+                return;
+            }
+        }
+    }
+
+    fn refuse_busy(&self, stream: TcpStream, why: &str) {
+        add(&self.shared.metrics.connections, -1);
+        inc(&self.shared.metrics.refused_handoff_full);
+        log::warn!("refusing a connection: {why}");
+        refuse(stream, "server busy: no reactor could take the connection");
+    }
+}
+
+/// Answers HTTP 503 with errCode 1601 without blocking, then closes. Best effort: whatever the
+/// client already sent is read first so the close does not turn into a reset that could
+/// destroy the response in flight.
+fn refuse(mut stream: TcpStream, msg: &str) {
+    let mut scratch = [0u8; 2048];
+    for _ in 0..4 {
+        match stream.read(&mut scratch) {
+            Ok(n) if n > 0 => continue,
+            _ => break,
+        }
+    }
+    let body = status_json(codes::CONN_OVER_MAX, msg);
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write(response.as_bytes());
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+pub(crate) fn waker(poll: &Poll) -> std::io::Result<mio::Waker> {
+    mio::Waker::new(poll.registry(), WAKE)
+}

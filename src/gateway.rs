@@ -1,0 +1,273 @@
+//! Starting and stopping a gateway: threads, queues, and the handle that owns them.
+//!
+//! Owns construction (every queue created with its configured capacity, every thread named)
+//! and teardown through ownership: shutdown sets one flag and wakes the acceptor and reactors;
+//! reactors close their sessions and exit, dropping the last senders of the role queues, which
+//! ends the role loops; `Drop` joins everything. No global state: gateways are independent.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::bounded;
+use parking_lot::Mutex;
+use tungstenite::protocol::WebSocketConfig;
+
+use crate::acceptor::{self, Acceptor, Lane};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::mailbox::Mailbox;
+use crate::metrics::{Metrics, Snapshot};
+use crate::reactor::{Queues, Reactor, Shared};
+use crate::registry::{OnlineSession, Registry};
+use crate::roles::{self, RoleCtx, RoleStats};
+use crate::token::TokenKey;
+
+/// Starts gateways. See [`Gateway::start`].
+#[derive(Debug)]
+pub struct Gateway;
+
+/// A running gateway. Cheap to clone; the gateway stops when [`GatewayHandle::shutdown`] is
+/// called or the last clone is dropped, and either way every thread is joined.
+#[derive(Clone)]
+pub struct GatewayHandle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    acceptor_waker: mio::Waker,
+    mailboxes: Vec<Arc<Mailbox>>,
+    /// Joined in this order: acceptor, reactors, roles.
+    threads: Mutex<Vec<(String, JoinHandle<()>)>>,
+    summary: Mutex<Option<ShutdownSummary>>,
+    role_stats: [Arc<RoleStats>; 2],
+}
+
+/// What a shutdown did.
+#[derive(Debug, Clone)]
+pub struct ShutdownSummary {
+    /// Sessions that were open when shutdown began.
+    pub sessions_closed: i64,
+    /// Time from the shutdown call to the last thread joined.
+    pub elapsed: Duration,
+    /// Counters at the end.
+    pub stats: Snapshot,
+}
+
+impl fmt::Display for ShutdownSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.stats;
+        write!(
+            f,
+            "shut down in {:.2}s: closed {} sessions; lifetime: {} accepted, {} handshakes ok, {} refused, \
+             {} messages relayed, {} kicks, {} slow consumers",
+            self.elapsed.as_secs_f64(),
+            self.sessions_closed,
+            s.accepted,
+            s.handshakes_ok,
+            s.refused_max_connections + s.refused_handoff_full + s.handshakes_rejected_args + s.handshakes_rejected_token,
+            s.messages_relayed,
+            s.kicks,
+            s.slow_consumer_closes,
+        )
+    }
+}
+
+impl Gateway {
+    /// Validates `config`, binds its listen address and starts every thread.
+    pub fn start(config: Config) -> Result<GatewayHandle> {
+        config.validate()?;
+        if config.secret.is_none() {
+            log::warn!(
+                "NO SECRET CONFIGURED: using the public development secret {:?}; anyone can mint tokens. \
+                 Set --secret or MSGGATE_SECRET before exposing this gateway.",
+                crate::config::DEV_SECRET
+            );
+        }
+        let listener = mio::net::TcpListener::bind(config.listen).map_err(Error::io("binding the listen address"))?;
+        let local_addr = listener.local_addr().map_err(Error::io("reading the listen address"))?;
+        let metrics = Arc::new(Metrics::default());
+        let registry = Arc::new(Registry::new(metrics.clone()));
+        let write_threshold = (config.outbound_budget / 2).min(8192);
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(config.read_buffer_size)
+            .write_buffer_size(write_threshold)
+            .max_write_buffer_size(config.outbound_budget)
+            .max_message_size(Some(config.max_message_size))
+            .max_frame_size(Some(config.max_message_size));
+        let boot_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let shared = Arc::new(Shared {
+            key: TokenKey::new(config.secret_or_dev().as_bytes()),
+            ws_config,
+            registry: registry.clone(),
+            metrics: metrics.clone(),
+            shutdown: AtomicBool::new(false),
+            next_conn: AtomicU64::new(1),
+            boot_id: format!("{boot_ms:x}"),
+            config,
+        });
+        let config = &shared.config;
+
+        let acceptor_poll = mio::Poll::new().map_err(Error::io("creating the acceptor's poll"))?;
+        let acceptor_waker = acceptor::waker(&acceptor_poll).map_err(Error::io("creating the acceptor's waker"))?;
+        let (register_tx, register_rx) = bounded(config.register_queue);
+        let (unregister_tx, unregister_rx) = bounded(config.unregister_queue);
+        let role_stats = [Arc::new(RoleStats::default()), Arc::new(RoleStats::default())];
+        let port = local_addr.port();
+
+        let mut reactors = Vec::new();
+        let mut mailboxes = Vec::new();
+        let mut lanes = Vec::new();
+        for id in 0..config.io_threads {
+            let poll = mio::Poll::new().map_err(Error::io("creating a reactor's poll"))?;
+            let waker = acceptor::waker(&poll).map_err(Error::io("creating a reactor's waker"))?;
+            let (inbox_tx, inbox_rx) = bounded(config.inbox_queue);
+            let (handoff_tx, handoff_rx) = bounded(config.handoff_queue);
+            let mailbox = Arc::new(Mailbox::new(id, inbox_tx, waker, config.outbound_budget));
+            let queues = Queues {
+                handoff: handoff_rx,
+                inbox: inbox_rx,
+                register: register_tx.clone(),
+                unregister: unregister_tx.clone(),
+            };
+            reactors.push((poll, mailbox.clone(), queues));
+            lanes.push(Lane { handoff: handoff_tx, mailbox: mailbox.clone() });
+            mailboxes.push(mailbox);
+        }
+        drop((register_tx, unregister_tx)); // the reactors hold the only senders now
+
+        let inner = Inner {
+            shared: shared.clone(),
+            local_addr,
+            acceptor_waker,
+            mailboxes,
+            threads: Mutex::new(Vec::new()),
+            summary: Mutex::new(None),
+            role_stats: role_stats.clone(),
+        };
+        // From here on, an error drops `inner`, whose Drop stops and joins what was started.
+        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| -> Result<()> {
+            let handle =
+                std::thread::Builder::new().name(name.clone()).spawn(f).map_err(Error::io("spawning a thread"))?;
+            inner.threads.lock().push((name, handle));
+            Ok(())
+        };
+        let acceptor =
+            Acceptor { poll: acceptor_poll, listener, lanes, shared: shared.clone(), pending: Default::default(), next: 0 };
+        spawn(format!("msggate-{port}-acceptor"), Box::new(move || acceptor.run()))?;
+        for (id, (poll, mailbox, queues)) in reactors.into_iter().enumerate() {
+            let shared = shared.clone();
+            // Built on its own thread: connections hold thread-local state and never move.
+            let run = move || Reactor::new(poll, shared, mailbox, queues).run();
+            spawn(format!("msggate-{port}-reactor-{id}"), Box::new(run))?;
+        }
+        let role_ctx = Arc::new(RoleCtx { registry, metrics, policy: config.multi_login_policy });
+        let name = format!("msggate-{port}-register");
+        let handle = roles::spawn_register(role_ctx.clone(), register_rx, role_stats[0].clone(), name.clone())?;
+        inner.threads.lock().push((name, handle));
+        let name = format!("msggate-{port}-unregister");
+        let handle = roles::spawn_unregister(role_ctx, unregister_rx, role_stats[1].clone(), name.clone())?;
+        inner.threads.lock().push((name, handle));
+
+        log::info!(
+            "msggate listening on {local_addr}: {} reactors, register/unregister queues {}/{}, policy {}, \
+             max message {} B, max connections {}",
+            config.io_threads,
+            config.register_queue,
+            config.unregister_queue,
+            config.multi_login_policy,
+            config.max_message_size,
+            config.max_connections
+        );
+        Ok(GatewayHandle { inner: Arc::new(inner) })
+    }
+}
+
+impl GatewayHandle {
+    /// The address the gateway listens on (with the real port when 0 was configured).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// The configuration the gateway runs with.
+    pub fn config(&self) -> &Config {
+        &self.inner.shared.config
+    }
+
+    /// Counters and gauges right now.
+    pub fn stats(&self) -> Snapshot {
+        self.inner.shared.metrics.snapshot()
+    }
+
+    /// The sessions of `user` in the registry.
+    pub fn online(&self, user: &str) -> Vec<OnlineSession> {
+        self.inner.shared.registry.online(user)
+    }
+
+    /// Sessions in the registry, counted by walking it (the `registry_sessions` gauge, checked).
+    pub fn registry_len(&self) -> usize {
+        self.inner.shared.registry.len()
+    }
+
+    /// Events handled by the register and unregister roles so far.
+    pub fn role_progress(&self) -> (u64, u64) {
+        let [r, u] = &self.inner.role_stats;
+        (r.handled.load(Relaxed), u.handled.load(Relaxed))
+    }
+
+    /// Queue depths right now: (register, unregister backlog is per reactor) reactor inboxes.
+    pub fn inbox_depths(&self) -> Vec<(usize, usize)> {
+        self.inner.mailboxes.iter().map(|m| (m.inbox_len(), m.inbox_capacity())).collect()
+    }
+
+    /// Stops accepting, closes every session with 1001, waits up to `shutdown_timeout` for
+    /// their close handshakes, and joins every thread. Idempotent: later calls return the
+    /// first call's summary.
+    pub fn shutdown(&self) -> ShutdownSummary {
+        self.inner.shutdown()
+    }
+}
+
+impl Inner {
+    fn shutdown(&self) -> ShutdownSummary {
+        let mut summary = self.summary.lock();
+        if let Some(s) = &*summary {
+            return s.clone();
+        }
+        let started = Instant::now();
+        let sessions = self.shared.metrics.snapshot().sessions;
+        self.shared.shutdown.store(true, Release);
+        if let Err(e) = self.acceptor_waker.wake() {
+            log::error!("cannot wake the acceptor: {e}");
+        }
+        for mailbox in &self.mailboxes {
+            mailbox.wake();
+        }
+        for (name, handle) in self.threads.lock().drain(..) {
+            if handle.join().is_err() {
+                log::error!("thread {name} panicked");
+            }
+        }
+        let s = ShutdownSummary { sessions_closed: sessions, elapsed: started.elapsed(), stats: self.shared.metrics.snapshot() };
+        log::info!("{s}");
+        *summary = Some(s.clone());
+        s
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl fmt::Debug for GatewayHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayHandle").field("local_addr", &self.inner.local_addr).finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,46 @@
+//! msggate: a WebSocket instant-messaging gateway on plain OS threads.
+//!
+//! It speaks OpenIM's msggateway protocol (JSON envelope, HS256 tokens, multi-login policies)
+//! on a handful of threads: an acceptor, `io_threads` mio reactors that own every socket, and
+//! two role threads that own the register and unregister queues. Every cross-thread send is a
+//! `try_send` with a defined fallback, so no thread ever blocks on a queue whose consumer could
+//! be waiting on it: the register/unregister deadlock that froze OpenIM's gateway cannot form.
+//! `docs/ARCHITECTURE.md` makes the argument; `docs/PROTOCOL.md` documents the wire format.
+//!
+//! ```no_run
+//! let gateway = msggate::Gateway::start(msggate::Config::default())?;
+//! println!("listening on {}", gateway.local_addr());
+//! gateway.shutdown();
+//! # Ok::<(), msggate::Error>(())
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, rust_2018_idioms)]
+
+mod acceptor;
+mod admission;
+mod config;
+mod dispatch;
+mod error;
+mod gateway;
+mod mailbox;
+mod metrics;
+mod policy;
+mod protocol;
+mod reactor;
+mod registry;
+mod roles;
+mod token;
+
+pub use crate::{
+    admission::{admit, Identity, Rejection},
+    config::{Config, DEV_SECRET, MAX_MESSAGE_SIZE_LIMIT},
+    error::{Error, Result},
+    gateway::{Gateway, GatewayHandle, ShutdownSummary},
+    mailbox::{ConnId, NotDelivered},
+    metrics::Snapshot,
+    policy::{MultiLoginPolicy, Platform, PlatformClass},
+    protocol::{codes, ident},
+    registry::OnlineSession,
+    token::{Claims, TokenError, TokenKey},
+};

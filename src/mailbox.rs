@@ -1,0 +1,383 @@
+//! The cross-thread handles: a reactor's [`Mailbox`] and a session's [`SessionHandle`].
+//!
+//! Owns every way another thread reaches a reactor: frames and notices through the reactor's
+//! bounded inbox, flags on the session, and one coalesced `Waker` call. Every send here is a
+//! `try_send` with its fallback written next to it; nothing in this file may block, lock across
+//! a send, or touch a socket.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::*};
+use std::sync::Arc;
+
+use crossbeam_channel::{Sender, TrySendError};
+use tungstenite::Utf8Bytes;
+
+use crate::policy::Platform;
+
+/// A gateway-wide connection id; never reused within one gateway.
+pub type ConnId = u64;
+
+/// What other threads put into a reactor's inbox.
+pub(crate) enum Delivery {
+    /// A text frame for one session.
+    Frame { token: usize, conn: ConnId, frame: Utf8Bytes },
+    /// "Look at this session's flags": registered, or told to close.
+    Notice { token: usize, conn: ConnId },
+}
+
+/// The part of a reactor other threads may touch.
+pub(crate) struct Mailbox {
+    pub(crate) id: usize,
+    inbox: Sender<Delivery>,
+    waker: mio::Waker,
+    woken: AtomicBool,
+    sweep: AtomicBool,
+    budget: usize,
+}
+
+impl Mailbox {
+    pub(crate) fn new(id: usize, inbox: Sender<Delivery>, waker: mio::Waker, budget: usize) -> Mailbox {
+        Mailbox { id, inbox, waker, woken: AtomicBool::new(false), sweep: AtomicBool::new(false), budget }
+    }
+
+    /// Wakes the reactor unless a wake is already pending (one syscall per reactor turn at most).
+    pub(crate) fn wake(&self) {
+        if !self.woken.swap(true, AcqRel) {
+            if let Err(e) = self.waker.wake() {
+                log::error!("reactor {}: waker failed: {e}", self.id);
+            }
+        }
+    }
+
+    /// Called by the reactor right after `poll` returns and before it drains the inbox, so a
+    /// sender that enqueues after the drain sees the flag clear and wakes it again.
+    pub(crate) fn rearm(&self) {
+        self.woken.store(false, Release);
+    }
+
+    /// Whether a notice could not be queued since the last call: the reactor must then check
+    /// every session's flags itself.
+    pub(crate) fn take_sweep(&self) -> bool {
+        self.sweep.swap(false, AcqRel)
+    }
+
+    pub(crate) fn inbox_len(&self) -> usize {
+        self.inbox.len()
+    }
+
+    pub(crate) fn inbox_capacity(&self) -> usize {
+        self.inbox.capacity().unwrap_or(0)
+    }
+}
+
+/// Why another thread told a session to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum CloseOrder {
+    /// A newer login replaced it: close 1008 "kicked".
+    Kicked = 1,
+    /// Its outbound budget was exceeded: close 1008 "slow consumer".
+    SlowConsumer = 2,
+    /// Its reactor's inbox was full when a frame was pushed to it: close 1013.
+    Overloaded = 3,
+}
+
+impl CloseOrder {
+    fn from_u8(v: u8) -> Option<CloseOrder> {
+        match v {
+            1 => Some(CloseOrder::Kicked),
+            2 => Some(CloseOrder::SlowConsumer),
+            3 => Some(CloseOrder::Overloaded),
+            _ => None,
+        }
+    }
+}
+
+/// A frame offered to a session: in its reactor's inbox, or kept by the caller for later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Offer {
+    Queued,
+    Deferred,
+}
+
+/// Why a push did not reach a session's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotDelivered {
+    /// The session is closing or closed.
+    Closing,
+    /// The session is over its outbound budget; it is being closed as a slow consumer.
+    SlowConsumer,
+    /// The session's reactor inbox was full and the caller could not wait; the session is
+    /// being closed with 1013.
+    Busy,
+}
+
+const REGISTERED: u8 = 1;
+const ENDED: u8 = 2;
+
+/// A session as other threads see it: identity, flags and the way to its reactor.
+pub(crate) struct SessionHandle {
+    pub(crate) user: Arc<str>,
+    pub(crate) platform: Platform,
+    pub(crate) conn: ConnId,
+    pub(crate) background: AtomicBool,
+    token: usize,
+    mailbox: Arc<Mailbox>,
+    flags: AtomicU8,
+    order: AtomicU8,
+    queued: AtomicUsize,
+}
+
+impl SessionHandle {
+    pub(crate) fn new(
+        user: Arc<str>,
+        platform: Platform,
+        conn: ConnId,
+        background: bool,
+        token: usize,
+        mailbox: Arc<Mailbox>,
+    ) -> SessionHandle {
+        SessionHandle {
+            user,
+            platform,
+            conn,
+            background: AtomicBool::new(background),
+            token,
+            mailbox,
+            flags: AtomicU8::new(0),
+            order: AtomicU8::new(0),
+            queued: AtomicUsize::new(0),
+        }
+    }
+
+    /// Queues `frame` for this session without blocking, for callers that have no loop to
+    /// retry from (the admin and role threads).
+    ///
+    /// Fallbacks: over budget, the session is ordered closed as a slow consumer; inbox full, it
+    /// is ordered closed with 1013 (a gap in its stream would be a silent loss). Either way the
+    /// caller learns the frame was not delivered.
+    #[allow(dead_code)] // the admin API (push from outside) is its first caller
+    pub(crate) fn push(&self, frame: &Utf8Bytes) -> Result<(), NotDelivered> {
+        match self.offer(frame)? {
+            Offer::Queued => Ok(()),
+            Offer::Deferred => {
+                self.queued.fetch_sub(frame.len(), AcqRel);
+                self.order_close(CloseOrder::Overloaded);
+                Err(NotDelivered::Busy)
+            }
+        }
+    }
+
+    /// Queues `frame` for this session without blocking, for reactors.
+    ///
+    /// `Offer::Deferred` means the reactor inbox was full: the frame is charged to the
+    /// session's budget and the caller keeps it, in order, and retries with [`Self::resume`].
+    /// Over budget, the session is ordered closed as a slow consumer and `SlowConsumer` returned.
+    pub(crate) fn offer(&self, frame: &Utf8Bytes) -> Result<Offer, NotDelivered> {
+        self.charge(frame.len())?;
+        self.enqueue(frame, frame.len())
+    }
+
+    /// Charges `len` bytes to the session's budget without queueing anything, for a frame the
+    /// caller defers behind others. Fails like [`Self::offer`].
+    pub(crate) fn charge(&self, len: usize) -> Result<(), NotDelivered> {
+        if self.order.load(Acquire) != 0 || self.flags.load(Acquire) & ENDED != 0 {
+            return Err(NotDelivered::Closing);
+        }
+        if self.queued.fetch_add(len, AcqRel) + len > self.mailbox.budget {
+            self.queued.fetch_sub(len, AcqRel);
+            self.order_close(CloseOrder::SlowConsumer);
+            return Err(NotDelivered::SlowConsumer);
+        }
+        Ok(())
+    }
+
+    /// Retries a deferred frame. `Ok(Offer::Deferred)`: still full, keep it. An error: the
+    /// session is closing; the frame is dropped and its charge released.
+    pub(crate) fn resume(&self, frame: &Utf8Bytes) -> Result<Offer, NotDelivered> {
+        if self.order.load(Acquire) != 0 || self.flags.load(Acquire) & ENDED != 0 {
+            self.queued.fetch_sub(frame.len(), AcqRel);
+            return Err(NotDelivered::Closing);
+        }
+        self.enqueue(frame, frame.len())
+    }
+
+    /// Queues a last `frame` (budget or not) and then orders the close, so the reactor writes
+    /// the frame before it closes. If the frame cannot be queued the order still stands.
+    pub(crate) fn push_last(&self, frame: &Utf8Bytes, order: CloseOrder) -> Result<(), NotDelivered> {
+        let queued = if self.order.load(Acquire) != 0 || self.has_ended() {
+            Err(NotDelivered::Closing)
+        } else {
+            self.queued.fetch_add(frame.len(), AcqRel);
+            match self.enqueue(frame, frame.len()) {
+                Ok(Offer::Queued) => Ok(()),
+                Ok(Offer::Deferred) => {
+                    self.queued.fetch_sub(frame.len(), AcqRel);
+                    Err(NotDelivered::Busy)
+                }
+                Err(e) => Err(e),
+            }
+        };
+        self.order_close(order);
+        queued
+    }
+
+    /// The one `try_send` of a frame (already charged to the budget). Full: the charge stays
+    /// and the caller decides (defer, or give up and release it).
+    fn enqueue(&self, frame: &Utf8Bytes, len: usize) -> Result<Offer, NotDelivered> {
+        let delivery = Delivery::Frame { token: self.token, conn: self.conn, frame: frame.clone() };
+        match self.mailbox.inbox.try_send(delivery) {
+            Ok(()) => {
+                self.mailbox.wake();
+                Ok(Offer::Queued)
+            }
+            Err(TrySendError::Full(_)) => Ok(Offer::Deferred),
+            Err(TrySendError::Disconnected(_)) => {
+                self.queued.fetch_sub(len, AcqRel);
+                Err(NotDelivered::Closing)
+            }
+        }
+    }
+
+    /// Orders the session closed; only the first order counts. Returns whether this was it.
+    pub(crate) fn order_close(&self, order: CloseOrder) -> bool {
+        let first = self.order.compare_exchange(0, order as u8, AcqRel, Acquire).is_ok();
+        if first {
+            self.notify();
+        }
+        first
+    }
+
+    /// The close order, if any.
+    pub(crate) fn close_order(&self) -> Option<CloseOrder> {
+        CloseOrder::from_u8(self.order.load(Acquire))
+    }
+
+    /// Register role: the session is in the registry now.
+    pub(crate) fn mark_registered(&self) {
+        self.flags.fetch_or(REGISTERED, AcqRel);
+        self.notify();
+    }
+
+    pub(crate) fn is_registered(&self) -> bool {
+        self.flags.load(Acquire) & REGISTERED != 0
+    }
+
+    /// Reactor: the socket is gone. Set before the unregister event is sent, so the register
+    /// role, which checks it under the registry lock, never inserts a session that has ended.
+    pub(crate) fn mark_ended(&self) {
+        self.flags.fetch_or(ENDED, AcqRel);
+    }
+
+    /// The id of the reactor that owns this session.
+    pub(crate) fn reactor(&self) -> usize {
+        self.mailbox.id
+    }
+
+    pub(crate) fn has_ended(&self) -> bool {
+        self.flags.load(Acquire) & ENDED != 0
+    }
+
+    /// Reactor: `len` bytes of this session's frames left the inbox.
+    pub(crate) fn dequeued(&self, len: usize) {
+        self.queued.fetch_sub(len, AcqRel);
+    }
+
+    /// Tells the reactor to look at this session. Fallback when the inbox is full: the
+    /// reactor's sweep flag, which makes it check every session's flags on its next turn.
+    fn notify(&self) {
+        let notice = Delivery::Notice { token: self.token, conn: self.conn };
+        if self.mailbox.inbox.try_send(notice).is_err() {
+            self.mailbox.sweep.store(true, Release);
+        }
+        self.mailbox.wake();
+    }
+}
+
+impl std::fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "session {} ({} on {})", self.conn, self.user, self.platform)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crossbeam_channel::{bounded, Receiver};
+
+    pub(crate) fn mailbox(capacity: usize, budget: usize) -> (Arc<Mailbox>, Receiver<Delivery>, mio::Poll) {
+        let poll = mio::Poll::new().unwrap();
+        let waker = mio::Waker::new(poll.registry(), mio::Token(0)).unwrap();
+        let (tx, rx) = bounded(capacity);
+        (Arc::new(Mailbox::new(0, tx, waker, budget)), rx, poll)
+    }
+
+    pub(crate) fn handle(user: &str, platform: Platform, conn: ConnId, mb: &Arc<Mailbox>) -> Arc<SessionHandle> {
+        Arc::new(SessionHandle::new(user.into(), platform, conn, false, conn as usize, mb.clone()))
+    }
+
+    #[test]
+    fn push_within_budget_queues_and_wakes_once() {
+        let (mb, rx, _poll) = mailbox(8, 100);
+        let h = handle("u", Platform::Ios, 1, &mb);
+        let frame = Utf8Bytes::from("0123456789");
+        h.push(&frame).unwrap();
+        h.push(&frame).unwrap();
+        assert_eq!(rx.len(), 2);
+        assert!(mb.woken.load(Acquire), "first push wakes");
+        mb.rearm();
+        h.push(&frame).unwrap();
+        assert!(mb.woken.load(Acquire));
+    }
+
+    #[test]
+    fn over_budget_orders_a_slow_consumer_close_and_refuses_later_pushes() {
+        let (mb, rx, _poll) = mailbox(8, 25);
+        let h = handle("u", Platform::Ios, 1, &mb);
+        let frame = Utf8Bytes::from("0123456789");
+        h.push(&frame).unwrap();
+        h.push(&frame).unwrap();
+        assert_eq!(h.push(&frame), Err(NotDelivered::SlowConsumer));
+        assert_eq!(h.close_order(), Some(CloseOrder::SlowConsumer));
+        assert_eq!(h.push(&frame), Err(NotDelivered::Closing));
+        assert_eq!(rx.len(), 3, "two frames and one notice");
+    }
+
+    #[test]
+    fn full_inbox_orders_an_overload_close_and_sets_the_sweep_flag() {
+        let (mb, rx, _poll) = mailbox(1, 1000);
+        let h = handle("u", Platform::Ios, 1, &mb);
+        let frame = Utf8Bytes::from("x");
+        h.push(&frame).unwrap();
+        assert_eq!(h.push(&frame), Err(NotDelivered::Busy));
+        assert_eq!(h.close_order(), Some(CloseOrder::Overloaded));
+        assert!(mb.take_sweep(), "the notice could not be queued, so the reactor must sweep");
+        assert_eq!(rx.len(), 1);
+        assert_eq!(h.queued.load(Acquire), 1, "the refused frame is not counted against the budget");
+    }
+
+    #[test]
+    fn offer_defers_on_a_full_inbox_keeping_the_charge_until_resumed() {
+        let (mb, rx, _poll) = mailbox(1, 1000);
+        let h = handle("u", Platform::Ios, 1, &mb);
+        let frame = Utf8Bytes::from("abc");
+        assert_eq!(h.offer(&frame), Ok(Offer::Queued));
+        assert_eq!(h.offer(&frame), Ok(Offer::Deferred));
+        assert_eq!(h.close_order(), None, "a full inbox is a throttle, not a failure");
+        assert_eq!(h.queued.load(Acquire), 6);
+        assert_eq!(h.resume(&frame), Ok(Offer::Deferred));
+        rx.try_recv().unwrap();
+        assert_eq!(h.resume(&frame), Ok(Offer::Queued));
+        h.order_close(CloseOrder::Kicked);
+        assert_eq!(h.resume(&frame), Err(NotDelivered::Closing));
+        assert_eq!(h.queued.load(Acquire), 3, "a dropped deferred frame releases its charge");
+    }
+
+    #[test]
+    fn only_the_first_close_order_counts() {
+        let (mb, _rx, _poll) = mailbox(8, 1000);
+        let h = handle("u", Platform::Ios, 1, &mb);
+        assert!(h.order_close(CloseOrder::Kicked));
+        assert!(!h.order_close(CloseOrder::SlowConsumer));
+        assert_eq!(h.close_order(), Some(CloseOrder::Kicked));
+    }
+}

@@ -1,0 +1,142 @@
+//! Counters and gauges every thread bumps, and the plain [`Snapshot`] they read out as.
+//!
+//! Owns the names and meanings of the numbers. Relaxed atomics only: it must not lock, allocate
+//! or log on the paths that bump it.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+macro_rules! metrics {
+    (counters { $($(#[doc = $cdoc:literal])* $c:ident,)* } gauges { $($(#[doc = $gdoc:literal])* $g:ident,)* }) => {
+        /// Live counters (monotonic) and gauges (up and down), shared by every thread of a gateway.
+        #[derive(Debug, Default)]
+        pub(crate) struct Metrics {
+            $(pub(crate) $c: AtomicU64,)*
+            $(pub(crate) $g: AtomicI64,)*
+        }
+
+        /// A point-in-time copy of a gateway's counters and gauges.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+        #[non_exhaustive]
+        pub struct Snapshot {
+            $($(#[doc = $cdoc])* pub $c: u64,)*
+            $($(#[doc = $gdoc])* pub $g: i64,)*
+        }
+
+        impl Metrics {
+            pub(crate) fn snapshot(&self) -> Snapshot {
+                Snapshot { $($c: self.$c.load(Relaxed),)* $($g: self.$g.load(Relaxed),)* }
+            }
+        }
+
+        impl Snapshot {
+            /// Every field as `(name, value)`, counters first, for logs and exposition.
+            pub fn fields(&self) -> Vec<(&'static str, i128)> {
+                vec![$((stringify!($c), i128::from(self.$c)),)* $((stringify!($g), i128::from(self.$g)),)*]
+            }
+        }
+    };
+}
+
+metrics! {
+    counters {
+        /// Sockets accepted by the acceptor.
+        accepted,
+        /// Times every reactor's hand-off queue was full and a socket waited in the accept backlog.
+        handoff_queue_full,
+        /// Sockets refused because no reactor could take them in time (503, 1601).
+        refused_handoff_full,
+        /// Sockets refused because `max_connections` were held (503, 1601).
+        refused_max_connections,
+        /// Upgrades completed and authenticated.
+        handshakes_ok,
+        /// Upgrades refused for missing or invalid arguments (400, 1602).
+        handshakes_rejected_args,
+        /// Upgrades refused for a bad, expired or mismatched token (401, 1501-1503).
+        handshakes_rejected_token,
+        /// Sockets that did not complete the upgrade within `handshake_timeout`.
+        handshake_timeouts,
+        /// Sockets that sent something that is not a WebSocket upgrade.
+        handshakes_failed,
+        /// Sessions still unregistered at their handshake deadline, closed with 1013.
+        register_timeouts,
+        /// Times a register event found the register queue full and stayed in a reactor backlog.
+        register_queue_full,
+        /// Times an unregister event found the unregister queue full and stayed in a backlog.
+        unregister_queue_full,
+        /// Sessions registered by the register role.
+        registered,
+        /// Sessions removed from the registry by the unregister role.
+        unregistered,
+        /// Unregister events that found their session already gone (kicked or never inserted).
+        unregister_stale,
+        /// Sessions kicked by a newer login.
+        kicks,
+        /// Frames received from clients.
+        frames_in,
+        /// Messages (1003) accepted and relayed.
+        messages_relayed,
+        /// Pushes queued to a recipient session.
+        pushes_queued,
+        /// Pushes that found the recipient's reactor inbox full and waited in the sender's reactor.
+        pushes_deferred,
+        /// Pushes not queued because the recipient was already closing.
+        pushes_dropped_closing,
+        /// Pushes not queued because the recipient was over its outbound budget.
+        pushes_dropped_slow,
+        /// Pushes from a thread that cannot wait (admin, roles) that found the inbox full.
+        pushes_dropped_busy,
+        /// Error responses sent for bad requests (malformed, unknown identifier, wrong sendID).
+        request_errors,
+        /// Sessions closed as slow consumers (1008).
+        slow_consumer_closes,
+        /// Sessions closed with 1013 because their reactor's inbox was full.
+        overload_closes,
+        /// Sessions closed for an oversize message (1009).
+        oversize_closes,
+        /// Sessions closed for a protocol violation (1002) or invalid UTF-8 (1007).
+        protocol_closes,
+        /// Sessions closed for silence past `idle_timeout`.
+        idle_closes,
+        /// Sessions that ended by logout (2003).
+        logouts,
+        /// Times a reactor had to sweep all its sessions because its inbox could not take a notice.
+        sweeps,
+    }
+    gauges {
+        /// Sockets held: handshakes in flight plus sessions.
+        connections,
+        /// Upgraded, authenticated sessions.
+        sessions,
+        /// Sessions in the registry.
+        registry_sessions,
+        /// Users with at least one session in the registry.
+        online_users,
+    }
+}
+
+/// Bumps a counter by one.
+pub(crate) fn inc(counter: &AtomicU64) {
+    counter.fetch_add(1, Relaxed);
+}
+
+/// Moves a gauge by `delta`.
+pub(crate) fn add(gauge: &AtomicI64, delta: i64) {
+    gauge.fetch_add(delta, Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_copies_counters_and_gauges() {
+        let m = Metrics::default();
+        inc(&m.accepted);
+        inc(&m.accepted);
+        add(&m.sessions, 3);
+        add(&m.sessions, -1);
+        let s = m.snapshot();
+        assert_eq!((s.accepted, s.sessions), (2, 2));
+        assert!(s.fields().contains(&("accepted", 2)));
+    }
+}

@@ -1,0 +1,502 @@
+//! One socket on a reactor: the upgrade, then the WebSocket session, then the close.
+//!
+//! Owns the per-connection state machine and every tungstenite call on its socket: resuming
+//! the handshake on readiness, reading until `WouldBlock`, queueing and flushing writes, the
+//! close handshake in both directions, and the deadlines. It never blocks and never sends into
+//! a queue; what the reactor must do next comes back as [`Next`].
+
+use std::cell::RefCell;
+use std::io::ErrorKind;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use mio::net::TcpStream;
+use tungstenite::handshake::server::{Callback, ErrorResponse, Request, Response, ServerHandshake};
+use tungstenite::handshake::{HandshakeError, MidHandshake};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Error as WsError, Message, Utf8Bytes, WebSocket};
+
+use super::Ctx;
+use crate::admission::{admit, Identity, Rejection};
+use crate::dispatch::Action;
+use crate::mailbox::{CloseOrder, ConnId, SessionHandle};
+use crate::metrics::{add, inc};
+use crate::protocol;
+
+type Ws = Box<WebSocket<TcpStream>>;
+type Verdict = Rc<RefCell<Option<Result<Identity, Rejection>>>>;
+
+/// Where a connection is in its life.
+enum Stage {
+    /// Reading the upgrade request or writing the response.
+    Handshake(Box<MidHandshake<ServerHandshake<TcpStream, Auth>>>, Verdict),
+    /// Upgraded and authenticated; waiting for the register role. Input is left in the socket.
+    Registering(Ws),
+    /// Registered: requests are served.
+    Open(Ws),
+    /// Our or the peer's close frame is out; waiting for the other one, or the deadline.
+    Closing(Ws),
+    /// Transient, while a stage is being replaced.
+    Gone,
+}
+
+/// Why a connection ended. "The peer closed normally" is kept apart from everything else.
+#[derive(Debug)]
+pub(crate) enum End {
+    /// The close handshake completed.
+    Closed,
+    /// The peer went away without one (EOF or reset).
+    PeerGone,
+    /// The socket failed.
+    Io(std::io::Error),
+    /// The upgrade was answered with an HTTP error (already counted by reason).
+    Refused,
+    /// What the peer sent was not a WebSocket upgrade.
+    BadHandshake(WsError),
+    /// No upgrade within the handshake timeout.
+    HandshakeTimeout,
+    /// The peer never answered our close frame.
+    CloseTimeout,
+    /// The peer misbehaved after the close began (oversize or invalid frames, a reset).
+    ErrorWhileClosing(WsError),
+    /// The gateway is shutting down.
+    Shutdown,
+    /// Something that cannot happen did; logged at error level.
+    Bug(String),
+}
+
+/// What the reactor must do with a connection after an operation on it.
+pub(crate) enum Next {
+    Keep,
+    End(End),
+}
+
+use Next::Keep;
+
+/// The handshake callback: judges the request and records the verdict for the reactor.
+pub(crate) struct Auth {
+    ctx: Arc<super::Shared>,
+    verdict: Verdict,
+}
+
+impl Callback for Auth {
+    fn on_request(self, request: &Request, response: Response) -> Result<Response, ErrorResponse> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let outcome = admit(request.uri().query(), &self.ctx.key, now);
+        let result = match &outcome {
+            Ok(_) => Ok(response),
+            Err(r) => {
+                let counter = if r.status == 400 {
+                    &self.ctx.metrics.handshakes_rejected_args
+                } else {
+                    &self.ctx.metrics.handshakes_rejected_token
+                };
+                inc(counter);
+                log::debug!("upgrade refused ({}): {} {}", r.reason(), r.code, r.msg);
+                if r.msg_resp {
+                    Ok(response)
+                } else {
+                    Err(error_response(r.status, &r.body()))
+                }
+            }
+        };
+        *self.verdict.borrow_mut() = Some(outcome);
+        result
+    }
+}
+
+/// An HTTP error response with a JSON body and the headers a client needs to read it.
+pub(crate) fn error_response(status: u16, body: &str) -> ErrorResponse {
+    let mut resp = ErrorResponse::new(Some(body.to_owned()));
+    *resp.status_mut() = tungstenite::http::StatusCode::from_u16(status).unwrap_or_default();
+    let headers = resp.headers_mut();
+    headers.insert("content-type", tungstenite::http::HeaderValue::from_static("application/json"));
+    headers.insert("content-length", body.len().into());
+    headers.insert("connection", tungstenite::http::HeaderValue::from_static("close"));
+    resp
+}
+
+/// One connection owned by a reactor.
+pub(crate) struct Conn {
+    stage: Stage,
+    pub(super) session: Option<Arc<SessionHandle>>,
+    token: usize,
+    /// Handshake or registration deadline, then close deadline (reactor milliseconds).
+    deadline: u64,
+    last_seen: u64,
+    last_ping: u64,
+    /// Input may be waiting in the socket (edge-triggered readiness already consumed).
+    unread: bool,
+    /// In the reactor's dirty list: has queued output to flush.
+    dirty: bool,
+}
+
+impl Conn {
+    /// Starts the server handshake on a freshly accepted, already registered socket.
+    pub(crate) fn start(stream: TcpStream, token: usize, ctx: &Ctx) -> Conn {
+        let verdict = Verdict::default();
+        let auth = Auth { ctx: ctx.shared.clone(), verdict: verdict.clone() };
+        let mid = ServerHandshake::start(stream, auth, Some(ctx.shared.ws_config));
+        Conn {
+            stage: Stage::Handshake(Box::new(mid), verdict),
+            session: None,
+            token,
+            deadline: ctx.now + ctx.shared.config.handshake_timeout.as_millis() as u64,
+            last_seen: ctx.now,
+            last_ping: ctx.now,
+            unread: true,
+            dirty: false,
+        }
+    }
+
+    /// The session's connection id, once authenticated.
+    pub(crate) fn conn_id(&self) -> Option<ConnId> {
+        self.session.as_ref().map(|s| s.conn)
+    }
+
+    pub(crate) fn is_handshaking(&self) -> bool {
+        matches!(self.stage, Stage::Handshake(..))
+    }
+
+    pub(crate) fn is_closing(&self) -> bool {
+        matches!(self.stage, Stage::Closing(_))
+    }
+
+    /// Readiness from the poll.
+    pub(crate) fn on_ready(&mut self, ctx: &mut Ctx, readable: bool, writable: bool) -> Next {
+        if let Stage::Handshake(..) = self.stage {
+            return self.step_handshake(ctx);
+        }
+        if readable {
+            self.unread = true;
+        }
+        if writable {
+            if let Next::End(e) = self.flush(ctx) {
+                return Next::End(e);
+            }
+        }
+        if self.unread {
+            return self.read(ctx);
+        }
+        Keep
+    }
+
+    fn step_handshake(&mut self, ctx: &mut Ctx) -> Next {
+        let Stage::Handshake(mid, verdict) = std::mem::replace(&mut self.stage, Stage::Gone) else {
+            return Next::End(End::Bug("step_handshake outside the handshake".into()));
+        };
+        match mid.handshake() {
+            Ok(ws) => {
+                let ws = Box::new(ws);
+                let verdict = verdict.borrow_mut().take();
+                match verdict {
+                    Some(Ok(id)) => self.upgraded(ctx, ws, id),
+                    Some(Err(rejection)) => {
+                        // isMsgResp=true: the error travels as the first frame, then close 1008.
+                        self.stage = Stage::Open(ws);
+                        self.last_seen = ctx.now;
+                        if let Next::End(e) = self.write(ctx, Message::text(rejection.body())) {
+                            return Next::End(e);
+                        }
+                        self.begin_close(ctx, CloseCode::Policy, &rejection.msg)
+                    }
+                    None => Next::End(End::Bug("handshake completed without a verdict".into())),
+                }
+            }
+            Err(HandshakeError::Interrupted(mid)) => {
+                self.stage = Stage::Handshake(Box::new(mid), verdict);
+                Keep
+            }
+            Err(HandshakeError::Failure(WsError::Http(_))) => Next::End(End::Refused),
+            Err(HandshakeError::Failure(WsError::Io(e))) => Next::End(End::Io(e)),
+            Err(HandshakeError::Failure(e)) => {
+                inc(&ctx.shared.metrics.handshakes_failed);
+                Next::End(End::BadHandshake(e))
+            }
+        }
+    }
+
+    fn upgraded(&mut self, ctx: &mut Ctx, ws: Ws, id: Identity) -> Next {
+        let metrics = &ctx.shared.metrics;
+        inc(&metrics.handshakes_ok);
+        add(&metrics.sessions, 1);
+        let conn = ctx.shared.next_conn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let handle = Arc::new(SessionHandle::new(
+            Arc::from(id.user),
+            id.platform,
+            conn,
+            id.background,
+            self.token,
+            ctx.mailbox.clone(),
+        ));
+        log::debug!("{handle:?} upgraded (operationID {:?})", id.operation_id);
+        self.session = Some(handle.clone());
+        self.stage = Stage::Registering(ws);
+        self.last_seen = ctx.now;
+        self.last_ping = ctx.now;
+        ctx.register(handle);
+        if id.msg_resp {
+            return self.write(ctx, Message::text(protocol::status_json(protocol::codes::OK, "")));
+        }
+        Keep
+    }
+
+    /// Flags changed: registered, or a close was ordered.
+    pub(crate) fn on_notice(&mut self, ctx: &mut Ctx) -> Next {
+        let Some(session) = self.session.clone() else { return Keep };
+        if let Some(order) = session.close_order() {
+            if self.is_closing() {
+                return Keep;
+            }
+            let m = &ctx.shared.metrics;
+            let (code, reason) = match order {
+                CloseOrder::Kicked => (CloseCode::Policy, "kicked"),
+                CloseOrder::SlowConsumer => {
+                    inc(&m.slow_consumer_closes);
+                    log::info!("{session:?}: slow consumer, closing");
+                    (CloseCode::Policy, "slow consumer")
+                }
+                CloseOrder::Overloaded => {
+                    inc(&m.overload_closes);
+                    log::warn!("{session:?}: its reactor inbox was full, closing with 1013");
+                    (CloseCode::Again, "server overloaded, try again later")
+                }
+            };
+            return self.begin_close(ctx, code, reason);
+        }
+        if session.is_registered() {
+            if let Stage::Registering(_) = self.stage {
+                let Stage::Registering(ws) = std::mem::replace(&mut self.stage, Stage::Gone) else { unreachable!() };
+                self.stage = Stage::Open(ws);
+                if self.unread {
+                    return self.read(ctx);
+                }
+            }
+        }
+        Keep
+    }
+
+    /// Reads and serves frames until the socket would block, or a batch is done (then the
+    /// reactor comes back to it on its next turn, so one busy client cannot starve the rest).
+    pub(crate) fn read(&mut self, ctx: &mut Ctx) -> Next {
+        for _ in 0..super::READ_BATCH {
+            let ws = match &mut self.stage {
+                Stage::Open(ws) | Stage::Closing(ws) => ws,
+                _ => return Keep, // registering: the input waits in the socket
+            };
+            match ws.read() {
+                Ok(msg) => {
+                    self.last_seen = ctx.now;
+                    if let Next::End(e) = self.on_message(ctx, msg) {
+                        return Next::End(e);
+                    }
+                }
+                Err(WsError::Io(e)) if e.kind() == ErrorKind::WouldBlock => {
+                    self.unread = false;
+                    return self.mark_dirty(ctx);
+                }
+                Err(e) => return self.on_ws_error(ctx, e),
+            }
+        }
+        ctx.ready.push(self.token);
+        self.mark_dirty(ctx)
+    }
+
+    fn on_message(&mut self, ctx: &mut Ctx, msg: Message) -> Next {
+        if self.is_closing() {
+            return Keep; // data after a close frame is dropped, as RFC 6455 allows
+        }
+        let text = match &msg {
+            Message::Text(t) => t.as_str(),
+            Message::Binary(b) => match std::str::from_utf8(b) {
+                Ok(t) => t,
+                Err(_) => {
+                    inc(&ctx.shared.metrics.request_errors);
+                    let reply = protocol::error_response(None, protocol::codes::ARGS, "binary frame is not UTF-8 JSON");
+                    return self.write(ctx, Message::text(reply));
+                }
+            },
+            Message::Close(_) => {
+                // tungstenite queued the reply; it goes out with the next flush.
+                self.to_closing(ctx);
+                return self.mark_dirty(ctx);
+            }
+            _ => return self.mark_dirty(ctx), // ping (pong queued), pong, raw frame
+        };
+        inc(&ctx.shared.metrics.frames_in);
+        let Some(session) = self.session.clone() else { return Next::End(End::Bug("open without a session".into())) };
+        match ctx.dispatcher.on_text(&session, text) {
+            Action::Reply(reply) => self.write(ctx, Message::text(reply)),
+            Action::ReplyThenClose(reply) => match self.write(ctx, Message::text(reply)) {
+                Keep => self.begin_close(ctx, CloseCode::Normal, "logout"),
+                end => end,
+            },
+        }
+    }
+
+    fn on_ws_error(&mut self, ctx: &mut Ctx, e: WsError) -> Next {
+        let m = &ctx.shared.metrics;
+        match e {
+            WsError::ConnectionClosed => Next::End(End::Closed),
+            // Our close frame is out; whatever else goes wrong now just ends it (counted once).
+            e if self.is_closing() => Next::End(End::ErrorWhileClosing(e)),
+            WsError::AlreadyClosed => Next::End(End::Bug("tungstenite: already closed".into())),
+            WsError::Io(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => {
+                Next::End(End::PeerGone)
+            }
+            WsError::Io(e) => Next::End(End::Io(e)),
+            WsError::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => {
+                Next::End(End::PeerGone)
+            }
+            WsError::Capacity(c) => {
+                inc(&m.oversize_closes);
+                log::info!("{:?}: {c}; closing with 1009", self.session);
+                self.begin_close(ctx, CloseCode::Size, "message too big")
+            }
+            WsError::Utf8(_) => {
+                inc(&m.protocol_closes);
+                self.begin_close(ctx, CloseCode::Invalid, "invalid UTF-8")
+            }
+            WsError::Protocol(p) => {
+                inc(&m.protocol_closes);
+                log::info!("{:?}: protocol error: {p}; closing with 1002", self.session);
+                let reason = p.to_string();
+                self.begin_close(ctx, CloseCode::Protocol, &reason)
+            }
+            WsError::WriteBufferFull(_) => {
+                inc(&m.slow_consumer_closes);
+                log::info!("{:?}: write buffer over budget: slow consumer", self.session);
+                if let Some(s) = &self.session {
+                    s.order_close(CloseOrder::SlowConsumer);
+                }
+                self.begin_close(ctx, CloseCode::Policy, "slow consumer")
+            }
+            other => Next::End(End::Bug(format!("tungstenite: {other}"))),
+        }
+    }
+
+    /// A frame from the inbox.
+    pub(crate) fn deliver(&mut self, ctx: &mut Ctx, frame: Utf8Bytes) -> Next {
+        match self.stage {
+            Stage::Open(_) | Stage::Registering(_) => self.write(ctx, Message::Text(frame)),
+            _ => Keep,
+        }
+    }
+
+    /// Queues `msg`; the reactor flushes dirty connections at the end of its turn.
+    fn write(&mut self, ctx: &mut Ctx, msg: Message) -> Next {
+        let ws = match &mut self.stage {
+            Stage::Open(ws) | Stage::Registering(ws) => ws,
+            _ => return Keep,
+        };
+        match ws.write(msg) {
+            Ok(()) => self.mark_dirty(ctx),
+            // Queued; the socket is full. WRITABLE readiness resumes the flush.
+            Err(WsError::Io(e)) if e.kind() == ErrorKind::WouldBlock => Keep,
+            Err(e) => self.on_ws_error(ctx, e),
+        }
+    }
+
+    fn mark_dirty(&mut self, ctx: &mut Ctx) -> Next {
+        if !self.dirty {
+            self.dirty = true;
+            ctx.dirty.push(self.token);
+        }
+        Keep
+    }
+
+    /// Writes what is queued; `WouldBlock` waits for WRITABLE readiness.
+    pub(crate) fn flush(&mut self, ctx: &mut Ctx) -> Next {
+        self.dirty = false;
+        let ws = match &mut self.stage {
+            Stage::Open(ws) | Stage::Registering(ws) | Stage::Closing(ws) => ws,
+            _ => return Keep,
+        };
+        match ws.flush() {
+            Ok(()) => Keep,
+            Err(WsError::Io(e)) if e.kind() == ErrorKind::WouldBlock => Keep,
+            Err(e) => self.on_ws_error(ctx, e),
+        }
+    }
+
+    /// Sends a close frame (once) and waits for the peer's, up to `close_timeout`.
+    pub(crate) fn begin_close(&mut self, ctx: &mut Ctx, code: CloseCode, reason: &str) -> Next {
+        let ws = match &mut self.stage {
+            Stage::Open(ws) | Stage::Registering(ws) => ws,
+            Stage::Closing(_) => return Keep,
+            Stage::Handshake(..) | Stage::Gone => return Next::End(End::Shutdown),
+        };
+        let reason = truncate(reason, 123);
+        let result = ws.close(Some(CloseFrame { code, reason: reason.into() }));
+        self.to_closing(ctx);
+        match result {
+            Ok(()) => Keep,
+            Err(WsError::Io(e)) if e.kind() == ErrorKind::WouldBlock => Keep,
+            Err(WsError::ConnectionClosed) => Next::End(End::Closed),
+            // Over budget even for the close frame, or the socket is broken: just drop it.
+            Err(WsError::WriteBufferFull(_)) => Next::End(End::PeerGone),
+            Err(WsError::Io(e)) => Next::End(End::Io(e)),
+            Err(e) => Next::End(End::Bug(format!("close: {e}"))),
+        }
+    }
+
+    fn to_closing(&mut self, ctx: &Ctx) {
+        if let Stage::Open(_) | Stage::Registering(_) = self.stage {
+            let (Stage::Open(ws) | Stage::Registering(ws)) = std::mem::replace(&mut self.stage, Stage::Gone) else {
+                unreachable!()
+            };
+            self.stage = Stage::Closing(ws);
+            self.deadline = ctx.now + ctx.shared.config.close_timeout.as_millis() as u64;
+        }
+    }
+
+    /// Deadlines, idle detection and pings; called every reactor tick.
+    pub(crate) fn tick(&mut self, ctx: &mut Ctx) -> Next {
+        let config = &ctx.shared.config;
+        let now = ctx.now;
+        match &mut self.stage {
+            Stage::Handshake(..) if now >= self.deadline => {
+                inc(&ctx.shared.metrics.handshake_timeouts);
+                Next::End(End::HandshakeTimeout)
+            }
+            Stage::Registering(_) if now >= self.deadline => {
+                inc(&ctx.shared.metrics.register_timeouts);
+                log::warn!("{:?}: not registered within the handshake timeout; closing with 1013", self.session);
+                self.begin_close(ctx, CloseCode::Again, "registration timed out, try again later")
+            }
+            Stage::Open(_) if now.saturating_sub(self.last_seen) >= config.idle_timeout.as_millis() as u64 => {
+                inc(&ctx.shared.metrics.idle_closes);
+                log::debug!("{:?}: idle timeout", self.session);
+                self.begin_close(ctx, CloseCode::Away, "idle timeout")
+            }
+            Stage::Open(_) if now.saturating_sub(self.last_ping) >= config.ping_interval.as_millis() as u64 => {
+                self.last_ping = now;
+                self.write(ctx, Message::Ping(Default::default()))
+            }
+            Stage::Closing(_) if now >= self.deadline => Next::End(End::CloseTimeout),
+            _ => Keep,
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(super::truncate("héllo", 2), "h");
+        assert_eq!(super::truncate("abc", 10), "abc");
+    }
+}

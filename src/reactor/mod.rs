@@ -1,0 +1,344 @@
+//! A reactor thread: one mio `Poll`, its `Waker`, and the connections it owns.
+//!
+//! Owns the event loop and the reactor's side of every queue: it drains its hand-off queue
+//! (new sockets) and its inbox (frames and notices from other threads), and it is the only
+//! producer of register and unregister events, which it sends with `try_send` and keeps in its
+//! own backlog when a role's queue is full. It blocks only in `poll`. Socket work is delegated
+//! to [`conn::Conn`].
+
+mod conn;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::WebSocketConfig;
+
+use crate::config::Config;
+use crate::dispatch::Dispatcher;
+use crate::mailbox::{Delivery, Mailbox, SessionHandle};
+use crate::metrics::{add, inc, Metrics};
+use crate::registry::Registry;
+use crate::token::TokenKey;
+use conn::{Conn, End, Next};
+
+/// The `Waker`'s token in every reactor's `Poll`.
+pub(crate) const WAKE: Token = Token(usize::MAX);
+/// Frames read from one connection before the reactor moves on to others.
+const READ_BATCH: usize = 64;
+/// Inbox deliveries handled per turn before sockets get another look.
+const INBOX_BATCH: usize = 8192;
+/// Poll timeout while a backlog waits for room in a role queue.
+const BACKLOG_RETRY: Duration = Duration::from_millis(1);
+
+/// State shared by every thread of one gateway.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) key: TokenKey,
+    pub(crate) ws_config: WebSocketConfig,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) shutdown: AtomicBool,
+    pub(crate) next_conn: AtomicU64,
+    /// Prefix of `serverMsgID`s: the gateway's start time, so ids stay unique across restarts.
+    pub(crate) boot_id: String,
+}
+
+/// A reactor's queues, as handed to its thread.
+pub(crate) struct Queues {
+    pub(crate) handoff: Receiver<TcpStream>,
+    pub(crate) inbox: Receiver<Delivery>,
+    pub(crate) register: Sender<Arc<SessionHandle>>,
+    pub(crate) unregister: Sender<Arc<SessionHandle>>,
+}
+
+/// Everything a connection may use while the reactor holds it mutably.
+pub(crate) struct Ctx {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) mailbox: Arc<Mailbox>,
+    pub(crate) dispatcher: Dispatcher,
+    /// Milliseconds since the reactor started, updated once per turn.
+    pub(crate) now: u64,
+    epoch: Instant,
+    register: Sender<Arc<SessionHandle>>,
+    unregister: Sender<Arc<SessionHandle>>,
+    register_backlog: VecDeque<Arc<SessionHandle>>,
+    unregister_backlog: VecDeque<Arc<SessionHandle>>,
+    /// Connections with output queued this turn.
+    pub(crate) dirty: Vec<usize>,
+    /// Connections that stopped reading at a batch limit with input left.
+    pub(crate) ready: Vec<usize>,
+}
+
+impl Ctx {
+    /// Sends a register event; a full queue keeps it (and every later one, in order) in the
+    /// backlog, retried each turn. Never dropped, never blocking.
+    pub(crate) fn register(&mut self, session: Arc<SessionHandle>) {
+        send_or_keep(&self.register, &mut self.register_backlog, session, &self.shared.metrics.register_queue_full);
+    }
+
+    fn unregister(&mut self, session: Arc<SessionHandle>) {
+        send_or_keep(&self.unregister, &mut self.unregister_backlog, session, &self.shared.metrics.unregister_queue_full);
+    }
+
+    fn retry_backlogs(&mut self) {
+        retry(&self.register, &mut self.register_backlog);
+        retry(&self.unregister, &mut self.unregister_backlog);
+    }
+
+    fn backlog_len(&self) -> usize {
+        self.register_backlog.len() + self.unregister_backlog.len()
+    }
+}
+
+fn send_or_keep(
+    queue: &Sender<Arc<SessionHandle>>,
+    backlog: &mut VecDeque<Arc<SessionHandle>>,
+    session: Arc<SessionHandle>,
+    full: &AtomicU64,
+) {
+    if !backlog.is_empty() {
+        backlog.push_back(session); // keep events in order behind the ones already waiting
+        return;
+    }
+    match queue.try_send(session) {
+        Ok(()) => {}
+        Err(TrySendError::Full(session)) => {
+            inc(full);
+            backlog.push_back(session);
+        }
+        Err(TrySendError::Disconnected(session)) => {
+            log::error!("{session:?}: role queue disconnected while the reactor runs (bug)");
+        }
+    }
+}
+
+fn retry(queue: &Sender<Arc<SessionHandle>>, backlog: &mut VecDeque<Arc<SessionHandle>>) {
+    while let Some(session) = backlog.pop_front() {
+        match queue.try_send(session) {
+            Ok(()) => {}
+            Err(TrySendError::Full(session)) => {
+                backlog.push_front(session);
+                return;
+            }
+            Err(TrySendError::Disconnected(_)) => return,
+        }
+    }
+}
+
+/// One reactor thread's state.
+pub(crate) struct Reactor {
+    poll: Poll,
+    conns: Slab<Conn>,
+    ctx: Ctx,
+    handoff: Receiver<TcpStream>,
+    inbox: Receiver<Delivery>,
+    tick: u64,
+}
+
+impl Reactor {
+    pub(crate) fn new(poll: Poll, shared: Arc<Shared>, mailbox: Arc<Mailbox>, queues: Queues) -> Reactor {
+        let c = &shared.config;
+        let shortest = [c.handshake_timeout, c.ping_interval, c.idle_timeout, c.close_timeout].into_iter().min();
+        let tick = (shortest.unwrap_or_default().as_millis() as u64 / 8).clamp(5, 500);
+        let dispatcher = Dispatcher::new(
+            shared.registry.clone(),
+            shared.metrics.clone(),
+            format!("{}-{}", shared.boot_id, mailbox.id),
+        );
+        Reactor {
+            poll,
+            conns: Slab::new(),
+            ctx: Ctx {
+                shared,
+                mailbox,
+                dispatcher,
+                now: 0,
+                epoch: Instant::now(),
+                register: queues.register,
+                unregister: queues.unregister,
+                register_backlog: VecDeque::new(),
+                unregister_backlog: VecDeque::new(),
+                dirty: Vec::new(),
+                ready: Vec::new(),
+            },
+            handoff: queues.handoff,
+            inbox: queues.inbox,
+            tick,
+        }
+    }
+
+    /// The event loop; returns when the gateway shuts down and every connection is gone.
+    pub(crate) fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut next_tick = self.tick;
+        let mut drain_deadline = None;
+        let mut inbox_more = false;
+        loop {
+            let timeout = if !self.ctx.ready.is_empty() || inbox_more {
+                Duration::ZERO
+            } else if self.ctx.backlog_len() > 0 || self.ctx.dispatcher.deferred_len() > 0 {
+                BACKLOG_RETRY
+            } else {
+                Duration::from_millis(next_tick.saturating_sub(self.ctx.now))
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    log::error!("reactor {}: poll failed: {e}; closing its connections", self.ctx.mailbox.id);
+                    break;
+                }
+            }
+            self.ctx.mailbox.rearm();
+            self.ctx.now = self.ctx.epoch.elapsed().as_millis() as u64;
+
+            for event in events.iter() {
+                if event.token() == WAKE {
+                    continue;
+                }
+                let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+                self.io(event.token().0, readable, event.is_writable());
+            }
+            self.accept_handoffs();
+            inbox_more = self.drain_inbox();
+            if self.ctx.mailbox.take_sweep() {
+                inc(&self.ctx.shared.metrics.sweeps);
+                self.sweep();
+            }
+            for key in std::mem::take(&mut self.ctx.ready) {
+                self.with(key, |conn, ctx| conn.read(ctx));
+            }
+            self.ctx.retry_backlogs();
+            self.ctx.dispatcher.retry_deferred();
+            if self.ctx.now >= next_tick {
+                next_tick = self.ctx.now + self.tick;
+                let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+                for key in keys {
+                    self.with(key, |conn, ctx| conn.tick(ctx));
+                }
+            }
+            if self.ctx.shared.shutdown.load(Acquire) {
+                let deadline = *drain_deadline.get_or_insert_with(|| self.begin_shutdown());
+                if self.conns.is_empty() || self.ctx.now >= deadline {
+                    self.flush_dirty();
+                    break;
+                }
+            }
+            self.flush_dirty();
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.finish(key, End::Shutdown);
+        }
+    }
+
+    /// Runs `op` on connection `key` (if it still exists) and ends it if asked to.
+    fn with(&mut self, key: usize, op: impl FnOnce(&mut Conn, &mut Ctx) -> Next) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if let Next::End(why) = op(conn, &mut self.ctx) {
+            self.finish(key, why);
+        }
+    }
+
+    fn io(&mut self, key: usize, readable: bool, writable: bool) {
+        self.with(key, |conn, ctx| conn.on_ready(ctx, readable, writable));
+    }
+
+    fn accept_handoffs(&mut self) {
+        while let Ok(mut stream) = self.handoff.try_recv() {
+            let metrics = &self.ctx.shared.metrics;
+            if self.ctx.shared.shutdown.load(Acquire) {
+                add(&metrics.connections, -1);
+                continue;
+            }
+            let entry = self.conns.vacant_entry();
+            let key = entry.key();
+            if let Err(e) = self.poll.registry().register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE)
+            {
+                log::error!("reactor {}: cannot register a socket: {e}", self.ctx.mailbox.id);
+                add(&metrics.connections, -1);
+                continue;
+            }
+            entry.insert(Conn::start(stream, key, &self.ctx));
+            self.io(key, true, true); // the request may already be waiting
+        }
+    }
+
+    /// Handles up to a batch of inbox deliveries; returns whether more are waiting.
+    fn drain_inbox(&mut self) -> bool {
+        for _ in 0..INBOX_BATCH {
+            let Ok(delivery) = self.inbox.try_recv() else { return false };
+            match delivery {
+                Delivery::Frame { token, conn, frame } => {
+                    let Some(c) = self.conns.get_mut(token) else { continue };
+                    if c.conn_id() != Some(conn) {
+                        continue; // the session ended and its slot was reused
+                    }
+                    if let Some(s) = &c.session {
+                        s.dequeued(frame.len());
+                    }
+                    self.with(token, |c, ctx| c.deliver(ctx, frame));
+                }
+                Delivery::Notice { token, conn } => {
+                    if self.conns.get(token).and_then(Conn::conn_id) == Some(conn) {
+                        self.with(token, |c, ctx| c.on_notice(ctx));
+                    }
+                }
+            }
+        }
+        !self.inbox.is_empty()
+    }
+
+    /// Checks every session's flags: the fallback for notices that found the inbox full.
+    fn sweep(&mut self) {
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.with(key, |c, ctx| c.on_notice(ctx));
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        for key in std::mem::take(&mut self.ctx.dirty) {
+            self.with(key, |c, ctx| c.flush(ctx));
+        }
+    }
+
+    /// Starts closing every session with 1001; returns the drain deadline.
+    fn begin_shutdown(&mut self) -> u64 {
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.with(key, |c, ctx| {
+                if c.is_handshaking() {
+                    return Next::End(End::Shutdown);
+                }
+                c.begin_close(ctx, CloseCode::Away, "server shutting down")
+            });
+        }
+        self.ctx.now + self.ctx.shared.config.shutdown_timeout.as_millis() as u64
+    }
+
+    /// Drops connection `key`: its socket closes, and a session is marked ended and unregistered.
+    fn finish(&mut self, key: usize, why: End) {
+        let conn = self.conns.remove(key);
+        let metrics = &self.ctx.shared.metrics;
+        add(&metrics.connections, -1);
+        let who = conn.session.as_ref().map_or_else(|| "handshake".to_owned(), |s| format!("{s:?}"));
+        match &why {
+            End::Bug(what) => log::error!("{who}: ended by a bug: {what}"),
+            End::Io(e) => log::debug!("{who}: socket error: {e}"),
+            End::BadHandshake(e) => log::debug!("{who}: not a WebSocket upgrade: {e}"),
+            End::ErrorWhileClosing(e) => log::debug!("{who}: error while closing: {e}"),
+            other => log::debug!("{who}: ended ({other:?})"),
+        }
+        if let Some(session) = conn.session {
+            session.mark_ended();
+            add(&metrics.sessions, -1);
+            self.ctx.unregister(session);
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Who is online: user id -> that user's sessions, sharded behind parking_lot read-write locks.
+//!
+//! Owns insertion with the multi-login policy, idempotent removal by connection id, and
+//! lookups for relay. Under a lock it only reads and edits maps: no I/O, no channel sends, no
+//! wake-ups; callers act on the returned sessions after the lock is released.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::mailbox::{ConnId, SessionHandle};
+use crate::metrics::{add, Metrics};
+use crate::policy::{MultiLoginPolicy, Platform};
+
+const SHARDS: usize = 64;
+
+type Shard = HashMap<Arc<str>, Vec<Arc<SessionHandle>>>;
+
+/// The user -> sessions map.
+pub(crate) struct Registry {
+    shards: Box<[RwLock<Shard>]>,
+    hasher: RandomState,
+    metrics: Arc<Metrics>,
+}
+
+/// The result of a registration.
+#[derive(Debug, Default)]
+pub(crate) struct Registered {
+    /// False when the session had already ended: it was not inserted.
+    pub(crate) inserted: bool,
+    /// Older sessions the policy removed; the caller kicks them.
+    pub(crate) kicked: Vec<Arc<SessionHandle>>,
+}
+
+/// One session of a user, as `online` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OnlineSession {
+    /// The session's platform id.
+    pub platform: u8,
+    /// The session's connection id.
+    pub conn: ConnId,
+    /// Whether the client said it is in the background.
+    pub background: bool,
+}
+
+impl Registry {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Registry {
+        Registry { shards: (0..SHARDS).map(|_| RwLock::default()).collect(), hasher: RandomState::new(), metrics }
+    }
+
+    fn shard(&self, user: &str) -> &RwLock<Shard> {
+        &self.shards[self.hasher.hash_one(user) as usize % SHARDS]
+    }
+
+    /// Inserts `session` unless it has already ended, removing (and returning) the user's
+    /// sessions that `policy` says the new login kicks.
+    pub(crate) fn register(&self, session: &Arc<SessionHandle>, policy: MultiLoginPolicy) -> Registered {
+        let mut shard = self.shard(&session.user).write();
+        // Checked under the lock the unregister role also takes: if the reactor ended the session
+        // before this point, its unregister may already have run and found nothing to remove.
+        if session.has_ended() {
+            return Registered::default();
+        }
+        let list = shard.entry(session.user.clone()).or_default();
+        let was_empty = list.is_empty();
+        let mut kicked = Vec::new();
+        list.retain(|old| {
+            let keep = !policy.kicks(old.platform, session.platform);
+            if !keep {
+                kicked.push(old.clone());
+            }
+            keep
+        });
+        list.push(session.clone());
+        drop(shard);
+        add(&self.metrics.registry_sessions, 1 - kicked.len() as i64);
+        if was_empty {
+            add(&self.metrics.online_users, 1);
+        }
+        Registered { inserted: true, kicked }
+    }
+
+    /// Removes `session` if it is still registered; never removes another connection of the
+    /// same user and platform. Returns whether it was there.
+    pub(crate) fn unregister(&self, session: &SessionHandle) -> bool {
+        let mut shard = self.shard(&session.user).write();
+        let Some(list) = shard.get_mut(&*session.user) else { return false };
+        let Some(i) = list.iter().position(|s| s.conn == session.conn) else { return false };
+        list.swap_remove(i);
+        let now_empty = list.is_empty();
+        if now_empty {
+            shard.remove(&*session.user);
+        }
+        drop(shard);
+        add(&self.metrics.registry_sessions, -1);
+        if now_empty {
+            add(&self.metrics.online_users, -1);
+        }
+        true
+    }
+
+    /// Appends the sessions of `user` to `out` (clones of the handles; the lock is released on
+    /// return, so the caller may push to them freely).
+    pub(crate) fn sessions_of(&self, user: &str, out: &mut Vec<Arc<SessionHandle>>) {
+        if let Some(list) = self.shard(user).read().get(user) {
+            out.extend(list.iter().cloned());
+        }
+    }
+
+    /// The sessions of `user`, for presence queries.
+    pub(crate) fn online(&self, user: &str) -> Vec<OnlineSession> {
+        let shard = self.shard(user).read();
+        shard.get(user).map_or_else(Vec::new, |list| {
+            list.iter()
+                .map(|s| OnlineSession {
+                    platform: s.platform.id(),
+                    conn: s.conn,
+                    background: s.background.load(std::sync::atomic::Ordering::Relaxed),
+                })
+                .collect()
+        })
+    }
+
+    /// Sessions in the registry (sum over shards; exact when nothing is registering).
+    pub(crate) fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.read().values().map(Vec::len).sum::<usize>()).sum()
+    }
+
+    /// Platforms `user` is online on.
+    #[allow(dead_code)]
+    pub(crate) fn platforms(&self, user: &str) -> Vec<Platform> {
+        self.online(user).into_iter().filter_map(|s| Platform::from_id(i64::from(s.platform))).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mailbox::tests::{handle, mailbox};
+    use MultiLoginPolicy::*;
+    use Platform::*;
+
+    fn registry() -> Registry {
+        Registry::new(Arc::new(Metrics::default()))
+    }
+
+    #[test]
+    fn same_terminal_kick_replaces_the_older_session() {
+        let (mb, _rx, _poll) = mailbox(64, 1 << 20);
+        let r = registry();
+        let a = handle("u", Ios, 1, &mb);
+        let b = handle("u", Ios, 2, &mb);
+        let c = handle("u", Web, 3, &mb);
+        assert!(r.register(&a, SameTerminalKick).kicked.is_empty());
+        assert!(r.register(&c, SameTerminalKick).kicked.is_empty());
+        let kicked = r.register(&b, SameTerminalKick).kicked;
+        assert_eq!(kicked.iter().map(|s| s.conn).collect::<Vec<_>>(), vec![1]);
+        let mut conns: Vec<_> = r.online("u").into_iter().map(|s| s.conn).collect();
+        conns.sort();
+        assert_eq!(conns, vec![2, 3]);
+        let m = r.metrics.snapshot();
+        assert_eq!((m.registry_sessions, m.online_users), (2, 1));
+    }
+
+    #[test]
+    fn stale_unregister_never_removes_the_newer_session() {
+        let (mb, _rx, _poll) = mailbox(64, 1 << 20);
+        let r = registry();
+        let old = handle("u", Ios, 1, &mb);
+        let new = handle("u", Ios, 2, &mb);
+        r.register(&old, SameTerminalKick);
+        r.register(&new, SameTerminalKick);
+        assert!(!r.unregister(&old), "the kicked session is already gone");
+        assert_eq!(r.online("u").len(), 1);
+        assert_eq!(r.online("u")[0].conn, 2);
+        assert!(r.unregister(&new));
+        assert!(!r.unregister(&new), "unregister is idempotent");
+        assert_eq!(r.len(), 0);
+        let m = r.metrics.snapshot();
+        assert_eq!((m.registry_sessions, m.online_users), (0, 0));
+    }
+
+    #[test]
+    fn an_ended_session_is_never_inserted() {
+        let (mb, _rx, _poll) = mailbox(64, 1 << 20);
+        let r = registry();
+        let s = handle("u", Ios, 1, &mb);
+        s.mark_ended();
+        assert!(!r.register(&s, SameTerminalKick).inserted);
+        assert_eq!(r.len(), 0);
+    }
+
+    #[test]
+    fn not_kick_keeps_every_login() {
+        let (mb, _rx, _poll) = mailbox(64, 1 << 20);
+        let r = registry();
+        for conn in 1..=3 {
+            assert!(r.register(&handle("u", Ios, conn, &mb), NotKick).kicked.is_empty());
+        }
+        assert_eq!(r.online("u").len(), 3);
+    }
+
+    #[test]
+    fn pc_and_other_kicks_only_non_pc_sessions_on_a_non_pc_login() {
+        let (mb, _rx, _poll) = mailbox(64, 1 << 20);
+        let r = registry();
+        r.register(&handle("u", Windows, 1, &mb), PcAndOther);
+        r.register(&handle("u", Ios, 2, &mb), PcAndOther);
+        r.register(&handle("u", Web, 3, &mb), PcAndOther);
+        assert_eq!(r.online("u").len(), 2, "the web login kicked iOS, not Windows");
+        assert!(r.register(&handle("u", Linux, 4, &mb), PcAndOther).kicked.is_empty());
+        assert_eq!(r.platforms("u").len(), 3);
+    }
+}

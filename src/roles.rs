@@ -1,0 +1,162 @@
+//! The register and unregister role threads: each owns one bounded queue and drains it.
+//!
+//! A role thread blocks only in `recv` on its own queue. Whatever it does per event is
+//! non-blocking: registry edits under a lock, then `try_send`-based kicks and notices after the
+//! lock is released. It must not send into any queue with a blocking call, and in particular
+//! never into the other role's queue: kicking needs no round trip through the unregister queue,
+//! because the registry edit that removes the kicked session happens right here.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Receiver;
+use tungstenite::Utf8Bytes;
+
+use crate::error::{Error, Result};
+use crate::mailbox::{CloseOrder, SessionHandle};
+use crate::metrics::{inc, Metrics};
+use crate::policy::MultiLoginPolicy;
+use crate::protocol;
+use crate::registry::Registry;
+
+/// Progress a role publishes: events handled, for diagnostics and the stall watchdog.
+#[derive(Debug, Default)]
+pub(crate) struct RoleStats {
+    pub(crate) handled: AtomicU64,
+}
+
+/// What both roles need.
+pub(crate) struct RoleCtx {
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) policy: MultiLoginPolicy,
+}
+
+/// Starts the register role. It ends when every sender of `queue` is dropped.
+pub(crate) fn spawn_register(
+    ctx: Arc<RoleCtx>,
+    queue: Receiver<Arc<SessionHandle>>,
+    stats: Arc<RoleStats>,
+    name: String,
+) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            for session in queue.iter() {
+                register(&ctx, &session);
+                stats.handled.fetch_add(1, Relaxed);
+            }
+            log::debug!("register role: every reactor is gone, exiting");
+        })
+        .map_err(Error::io("spawning the register role"))
+}
+
+/// Starts the unregister role. It ends when every sender of `queue` is dropped.
+pub(crate) fn spawn_unregister(
+    ctx: Arc<RoleCtx>,
+    queue: Receiver<Arc<SessionHandle>>,
+    stats: Arc<RoleStats>,
+    name: String,
+) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            for session in queue.iter() {
+                if ctx.registry.unregister(&session) {
+                    inc(&ctx.metrics.unregistered);
+                } else {
+                    inc(&ctx.metrics.unregister_stale);
+                }
+                stats.handled.fetch_add(1, Relaxed);
+            }
+            log::debug!("unregister role: every reactor is gone, exiting");
+        })
+        .map_err(Error::io("spawning the unregister role"))
+}
+
+/// Registers one session: insert under the policy, kick the losers, tell the session.
+pub(crate) fn register(ctx: &RoleCtx, session: &Arc<SessionHandle>) {
+    let outcome = ctx.registry.register(session, ctx.policy);
+    if !outcome.inserted {
+        log::debug!("{session:?} ended before it could be registered");
+        return;
+    }
+    inc(&ctx.metrics.registered);
+    if !outcome.kicked.is_empty() {
+        let reason = format!(
+            "kicked: new login of {} on {} ({} policy)",
+            session.user,
+            session.platform.name(),
+            ctx.policy.name()
+        );
+        let frame = Utf8Bytes::from(protocol::kick_frame(&reason));
+        for old in &outcome.kicked {
+            kick(ctx, old, &frame);
+        }
+    }
+    session.mark_registered();
+}
+
+/// Hands `old` its 2002 frame and a close order. Never lost: if the frame cannot be queued the
+/// close order alone still closes it (with reason "kicked").
+fn kick(ctx: &RoleCtx, old: &SessionHandle, frame: &Utf8Bytes) {
+    inc(&ctx.metrics.kicks);
+    if let Err(why) = old.push_last(frame, CloseOrder::Kicked) {
+        log::debug!("{old:?}: kick frame not queued ({why:?}); closing it without one");
+    }
+    log::debug!("{old:?} kicked");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mailbox::tests::{handle, mailbox};
+    use crate::mailbox::Delivery;
+    use crate::policy::Platform;
+
+    #[test]
+    fn kick_queues_the_2002_then_the_close_notice() {
+        let (mb, rx, _poll) = mailbox(16, 1 << 20);
+        let metrics = Arc::new(Metrics::default());
+        let ctx = RoleCtx {
+            registry: Arc::new(Registry::new(metrics.clone())),
+            metrics,
+            policy: MultiLoginPolicy::SameTerminalKick,
+        };
+        let old = handle("u", Platform::Ios, 1, &mb);
+        let new = handle("u", Platform::Ios, 2, &mb);
+        register(&ctx, &old);
+        register(&ctx, &new);
+        assert!(new.is_registered());
+        assert_eq!(old.close_order(), Some(CloseOrder::Kicked));
+        let deliveries: Vec<_> = rx.try_iter().collect();
+        let kinds: Vec<String> = deliveries
+            .iter()
+            .map(|d| match d {
+                Delivery::Frame { conn, frame, .. } => format!("frame {conn} {}", &frame[..21]),
+                Delivery::Notice { conn, .. } => format!("notice {conn}"),
+            })
+            .collect();
+        assert_eq!(kinds, ["notice 1", "frame 1 {\"reqIdentifier\":2002", "notice 1", "notice 2"]);
+        assert_eq!(ctx.metrics.snapshot().kicks, 1);
+    }
+
+    #[test]
+    fn kick_is_not_lost_when_the_inbox_is_full() {
+        let (mb, rx, _poll) = mailbox(1, 1 << 20);
+        let metrics = Arc::new(Metrics::default());
+        let ctx = RoleCtx {
+            registry: Arc::new(Registry::new(metrics.clone())),
+            metrics,
+            policy: MultiLoginPolicy::SameTerminalKick,
+        };
+        let old = handle("u", Platform::Ios, 1, &mb);
+        register(&ctx, &old); // its notice fills the inbox
+        let new = handle("u", Platform::Ios, 2, &mb);
+        register(&ctx, &new);
+        assert_eq!(rx.len(), 1);
+        assert_eq!(old.close_order(), Some(CloseOrder::Kicked), "the close says why, even without the frame");
+        assert!(mb.take_sweep(), "the reactor is told to sweep instead");
+    }
+}

@@ -1,0 +1,1 @@
+// placeholder: the CLI tests land here

@@ -1,0 +1,110 @@
+//! Starting and stopping: shutdown closes with 1001 and joins every thread; gateways in one
+//! process are independent.
+
+use std::time::Duration;
+
+use tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::util::*;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Threads of this process whose name starts with the gateway's prefix (names are cut to 15
+/// bytes by the kernel, which still leaves "msggate-PORT-").
+fn gateway_threads(port: u16) -> usize {
+    let prefix = format!("msggate-{port}-");
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with(&prefix))
+        .count()
+}
+
+#[test]
+fn shutdown_sends_1001_to_every_session_and_joins_every_thread() {
+    watchdog(LIMIT, || {
+        let gw = start(|c| c.io_threads = 3);
+        let addr = gw.local_addr();
+        // A thread names itself once it runs, so wait for all six (acceptor, 3 reactors, 2 roles).
+        eventually(STEP, "six named gateway threads", || gateway_threads(addr.port()) == 3 + 3);
+        let clients: Vec<Client> = (0..5).map(|i| Client::connect(addr, &format!("u{i}"), 1)).collect();
+        eventually(STEP, "all registered", || gw.registry_len() == 5);
+        let waiters: Vec<_> = clients
+            .into_iter()
+            .map(|mut c| std::thread::spawn(move || c.expect_close().expect("close frame")))
+            .collect();
+        let summary = gw.shutdown();
+        for w in waiters {
+            let close = w.join().unwrap();
+            assert_eq!((close.code, close.reason.as_str()), (CloseCode::Away, "server shutting down"));
+        }
+        assert_eq!(summary.sessions_closed, 5);
+        assert!(summary.elapsed < Duration::from_secs(5), "{summary}");
+        assert!(summary.to_string().contains("closed 5 sessions"), "{summary}");
+        assert_eq!(gateway_threads(addr.port()), 0, "every thread joined");
+        assert!(std::net::TcpStream::connect(addr).is_err(), "the listener is closed");
+        assert_eq!(gw.shutdown().sessions_closed, 5, "shutdown is idempotent");
+    });
+}
+
+#[test]
+fn dropping_the_last_handle_shuts_down_and_joins() {
+    watchdog(LIMIT, || {
+        let gw = start(|_| {});
+        let port = gw.local_addr().port();
+        eventually(STEP, "five named gateway threads", || gateway_threads(port) == 5);
+        let clone = gw.clone();
+        drop(gw);
+        assert_eq!(gateway_threads(port), 5, "a clone keeps it running");
+        drop(clone);
+        assert_eq!(gateway_threads(port), 0);
+    });
+}
+
+#[test]
+fn two_gateways_in_one_process_do_not_see_each_other() {
+    watchdog(LIMIT, || {
+        let a = start(|_| {});
+        let b = start(|_| {});
+        let mut on_a = Client::connect(a.local_addr(), "u1", 1);
+        let on_b = Client::connect(b.local_addr(), "u2", 1);
+        eventually(STEP, "registered on b", || b.registry_len() == 1);
+        let incr = on_a.send_msg("u2", "hello?");
+        assert_eq!(on_a.await_reply(&incr)["data"]["delivered"], 0);
+        assert!(a.online("u2").is_empty());
+        assert_eq!(b.online("u2").len(), 1);
+        on_a.close();
+        on_b.close();
+        assert_drained(&a);
+        assert_drained(&b);
+    });
+}
+
+#[test]
+fn logout_acks_then_closes_1000() {
+    watchdog(LIMIT, || {
+        let gw = start(|_| {});
+        let mut c = Client::connect(gw.local_addr(), "u1", 1);
+        c.send_json(&serde_json::json!({"reqIdentifier": 2003, "msgIncr": "bye", "sendID": "u1"}));
+        assert_eq!(c.await_reply("bye")["errCode"], 0);
+        let close = c.expect_close().expect("close");
+        assert_eq!(close.code, CloseCode::Normal);
+        assert_eq!(gw.stats().logouts, 1);
+        assert_drained(&gw);
+    });
+}
+
+#[test]
+fn background_flag_is_set_by_2004_and_by_the_url() {
+    watchdog(LIMIT, || {
+        let gw = start(|_| {});
+        let q = login_query("u1", 1) + "&isBackground=true";
+        let mut c = Client::connect_query(gw.local_addr(), &q, "u1").unwrap();
+        eventually(STEP, "registered in the background", || gw.online("u1").first().is_some_and(|s| s.background));
+        c.send_json(&serde_json::json!({"reqIdentifier": 2004, "msgIncr": "fg", "data": {"isBackground": false}}));
+        assert_eq!(c.await_reply("fg")["errCode"], 0);
+        assert!(!gw.online("u1")[0].background);
+        c.close();
+        assert_drained(&gw);
+    });
+}

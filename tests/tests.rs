@@ -1,0 +1,11 @@
+//! The one integration-test binary: real gateways on 127.0.0.1:0, real sockets, a hang
+//! watchdog on every test. Modules group tests by what they guard.
+
+mod util;
+
+mod cli;
+mod handshake;
+mod lifecycle;
+mod limits;
+mod relay;
+mod seed;
