@@ -6,10 +6,10 @@
 //! waited a whole handshake timeout, it is refused with HTTP 503 and errCode 1601, counted and
 //! logged. Past `max_connections` it is refused at once. It blocks only in its own `poll`.
 
+use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::sync::atomic::Ordering::*;
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use crate::mailbox::Mailbox;
 use crate::metrics::{add, inc};
 use crate::protocol::{codes, status_json};
 use crate::reactor::{Shared, WAKE};
+use crate::throttle::log_throttled;
 
 const LISTENER: Token = Token(0);
 /// Poll timeout after the process ran out of descriptors, before accepting again.
@@ -78,7 +79,10 @@ impl Acceptor {
                     Err(e) => {
                         // EMFILE/ENFILE: the pending connection stays in the kernel's backlog;
                         // edge-triggered readiness will not repeat, so poll again after a pause.
-                        log::error!("acceptor: accept failed: {e}; retrying in {EMFILE_BACKOFF:?}");
+                        log_throttled!(
+                            log::Level::Error,
+                            "acceptor: accept failed: {e}; retrying in {EMFILE_BACKOFF:?}"
+                        );
                         backoff = Some(EMFILE_BACKOFF);
                         break;
                     }
@@ -94,7 +98,7 @@ impl Acceptor {
         let max = self.shared.config.max_connections as i64;
         if metrics.connections.load(Relaxed) >= max {
             inc(&metrics.refused_max_connections);
-            log::warn!("refusing a connection: {max} connections held (max_connections)");
+            log_throttled!(log::Level::Warn, "refusing a connection: {max} connections held (max_connections)");
             refuse(stream, "too many connections: the gateway is at max_connections");
             return;
         }
@@ -151,7 +155,7 @@ impl Acceptor {
     fn refuse_busy(&self, stream: TcpStream, why: &str) {
         add(&self.shared.metrics.connections, -1);
         inc(&self.shared.metrics.refused_handoff_full);
-        log::warn!("refusing a connection: {why}");
+        log_throttled!(log::Level::Warn, "refusing a connection: {why}");
         refuse(stream, "server busy: no reactor could take the connection");
     }
 }

@@ -111,7 +111,7 @@ impl Dispatcher {
             return self.error(Some(&req), codes::NO_PERMISSION, &msg);
         }
         match req.req_identifier.unwrap_or_default() {
-            ident::SEND_MSG => self.send(me, &req),
+            ident::SEND_MSG => self.relay(me, &req),
             ident::LOGOUT => {
                 inc(&self.metrics.logouts);
                 Action::ReplyThenClose(protocol::response(Some(&req), codes::OK, "", ()))
@@ -137,7 +137,7 @@ impl Dispatcher {
 
     /// 1003: push 2001 to every session of the recipient and the sender's other sessions, then
     /// ack with the number of recipient sessions that took it.
-    fn send(&mut self, me: &SessionHandle, req: &Request<'_>) -> Action {
+    fn relay(&mut self, me: &SessionHandle, req: &Request<'_>) -> Action {
         if req.send_id.is_empty() {
             return self.error(Some(req), codes::ARGS, "1003 send: missing sendID");
         }

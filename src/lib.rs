@@ -30,6 +30,7 @@ mod protocol;
 mod reactor;
 mod registry;
 mod roles;
+mod throttle;
 mod token;
 
 pub use crate::{

@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use msggate::TokenKey;
-use serde_json::Value;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::util::*;
@@ -120,6 +119,24 @@ fn not_http_at_all_is_dropped_and_counted() {
         let _ = s.read_to_end(&mut buf); // the server closes
         eventually(STEP, "counted as a failed handshake", || gw.stats().handshakes_failed == 1);
         assert_drained(&gw);
-        let _: Value = Value::Null;
+    });
+}
+
+#[test]
+fn handshake_deadline_closes_a_slowloris_client() {
+    use std::io::{Read, Write};
+    watchdog(LIMIT, || {
+        let gw = start(|c| c.handshake_timeout = Duration::from_millis(300));
+        let mut s = std::net::TcpStream::connect(gw.local_addr()).unwrap();
+        s.set_read_timeout(Some(STEP)).unwrap();
+        // Half a request line, then nothing: the upgrade never completes.
+        s.write_all(b"GET /?token=x HTTP/1.1\r\nHost: a\r\n").unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).expect("the server closes the socket");
+        assert!(buf.is_empty(), "no response to an unfinished request: {buf:?}");
+        assert!(started.elapsed() < STEP);
+        assert_eq!(gw.stats().handshake_timeouts, 1);
+        assert_drained(&gw);
     });
 }

@@ -52,7 +52,7 @@ fn seed_scenario_churn_with_kicks_at_queue_capacity_1_never_wedges() {
                             assert!(took < STEP, "{user}: connect+send+ack took {took:?}");
                             slowest_ms.fetch_max(took.as_millis() as u64, Relaxed);
                             // Disconnect the previous one: half gracefully, half by dropping it.
-                            if n % 2 == 0 {
+                            if n.is_multiple_of(2) {
                                 prev.close();
                             } else {
                                 drop(prev);

@@ -24,6 +24,7 @@ use crate::dispatch::Action;
 use crate::mailbox::{CloseOrder, ConnId, SessionHandle};
 use crate::metrics::{add, inc};
 use crate::protocol;
+use crate::throttle::log_throttled;
 
 type Ws = Box<WebSocket<TcpStream>>;
 type Verdict = Rc<RefCell<Option<Result<Identity, Rejection>>>>;
@@ -255,12 +256,12 @@ impl Conn {
                 CloseOrder::Kicked => (CloseCode::Policy, "kicked"),
                 CloseOrder::SlowConsumer => {
                     inc(&m.slow_consumer_closes);
-                    log::info!("{session:?}: slow consumer, closing");
+                    log_throttled!(log::Level::Info, "{session:?}: slow consumer, closing");
                     (CloseCode::Policy, "slow consumer")
                 }
                 CloseOrder::Overloaded => {
                     inc(&m.overload_closes);
-                    log::warn!("{session:?}: its reactor inbox was full, closing with 1013");
+                    log_throttled!(log::Level::Warn, "{session:?}: its reactor inbox was full, closing with 1013");
                     (CloseCode::Again, "server overloaded, try again later")
                 }
             };
@@ -320,7 +321,7 @@ impl Conn {
             },
             Message::Close(_) => {
                 // tungstenite queued the reply; it goes out with the next flush.
-                self.to_closing(ctx);
+                self.enter_closing(ctx);
                 return self.mark_dirty(ctx);
             }
             _ => return self.mark_dirty(ctx), // ping (pong queued), pong, raw frame
@@ -352,7 +353,7 @@ impl Conn {
             }
             WsError::Capacity(c) => {
                 inc(&m.oversize_closes);
-                log::info!("{:?}: {c}; closing with 1009", self.session);
+                log_throttled!(log::Level::Info, "{:?}: {c}; closing with 1009", self.session);
                 self.begin_close(ctx, CloseCode::Size, "message too big")
             }
             WsError::Utf8(_) => {
@@ -361,13 +362,13 @@ impl Conn {
             }
             WsError::Protocol(p) => {
                 inc(&m.protocol_closes);
-                log::info!("{:?}: protocol error: {p}; closing with 1002", self.session);
+                log_throttled!(log::Level::Info, "{:?}: protocol error: {p}; closing with 1002", self.session);
                 let reason = p.to_string();
                 self.begin_close(ctx, CloseCode::Protocol, &reason)
             }
             WsError::WriteBufferFull(_) => {
                 inc(&m.slow_consumer_closes);
-                log::info!("{:?}: write buffer over budget: slow consumer", self.session);
+                log_throttled!(log::Level::Info, "{:?}: write buffer over budget: slow consumer", self.session);
                 if let Some(s) = &self.session {
                     s.order_close(CloseOrder::SlowConsumer);
                 }
@@ -430,7 +431,7 @@ impl Conn {
         };
         let reason = truncate(reason, 123);
         let result = ws.close(Some(CloseFrame { code, reason: reason.into() }));
-        self.to_closing(ctx);
+        self.enter_closing(ctx);
         match result {
             Ok(()) => Keep,
             Err(WsError::Io(e)) if e.kind() == ErrorKind::WouldBlock => Keep,
@@ -442,7 +443,7 @@ impl Conn {
         }
     }
 
-    fn to_closing(&mut self, ctx: &Ctx) {
+    fn enter_closing(&mut self, ctx: &Ctx) {
         if let Stage::Open(_) | Stage::Registering(_) = self.stage {
             let (Stage::Open(ws) | Stage::Registering(ws)) = std::mem::replace(&mut self.stage, Stage::Gone) else {
                 unreachable!()
@@ -463,7 +464,11 @@ impl Conn {
             }
             Stage::Registering(_) if now >= self.deadline => {
                 inc(&ctx.shared.metrics.register_timeouts);
-                log::warn!("{:?}: not registered within the handshake timeout; closing with 1013", self.session);
+                log_throttled!(
+                    log::Level::Warn,
+                    "{:?}: not registered within the handshake timeout; closing with 1013",
+                    self.session
+                );
                 self.begin_close(ctx, CloseCode::Again, "registration timed out, try again later")
             }
             Stage::Open(_) if now.saturating_sub(self.last_seen) >= config.idle_timeout.as_millis() as u64 => {

@@ -25,6 +25,7 @@ use crate::dispatch::Dispatcher;
 use crate::mailbox::{Delivery, Mailbox, SessionHandle};
 use crate::metrics::{add, inc, Metrics};
 use crate::registry::Registry;
+use crate::throttle::log_throttled;
 use crate::token::TokenKey;
 use conn::{Conn, End, Next};
 
@@ -84,7 +85,12 @@ impl Ctx {
     }
 
     fn unregister(&mut self, session: Arc<SessionHandle>) {
-        send_or_keep(&self.unregister, &mut self.unregister_backlog, session, &self.shared.metrics.unregister_queue_full);
+        send_or_keep(
+            &self.unregister,
+            &mut self.unregister_backlog,
+            session,
+            &self.shared.metrics.unregister_queue_full,
+        );
     }
 
     fn retry_backlogs(&mut self) {
@@ -258,7 +264,8 @@ impl Reactor {
             }
             let entry = self.conns.vacant_entry();
             let key = entry.key();
-            if let Err(e) = self.poll.registry().register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE)
+            if let Err(e) =
+                self.poll.registry().register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE)
             {
                 log::error!("reactor {}: cannot register a socket: {e}", self.ctx.mailbox.id);
                 add(&metrics.connections, -1);
@@ -329,7 +336,7 @@ impl Reactor {
         add(&metrics.connections, -1);
         let who = conn.session.as_ref().map_or_else(|| "handshake".to_owned(), |s| format!("{s:?}"));
         match &why {
-            End::Bug(what) => log::error!("{who}: ended by a bug: {what}"),
+            End::Bug(what) => log_throttled!(log::Level::Error, "{who}: ended by a bug: {what}"),
             End::Io(e) => log::debug!("{who}: socket error: {e}"),
             End::BadHandshake(e) => log::debug!("{who}: not a WebSocket upgrade: {e}"),
             End::ErrorWhileClosing(e) => log::debug!("{who}: error while closing: {e}"),
