@@ -140,7 +140,10 @@ impl Config {
             None if !self.listen.ip().is_loopback() => {
                 return Err(Error::config(
                     "secret",
-                    format!("no secret set: refusing to listen on non-loopback {} with the development secret", self.listen),
+                    format!(
+                        "no secret set: refusing to listen on non-loopback {} with the development secret",
+                        self.listen
+                    ),
                 ))
             }
             _ => {}

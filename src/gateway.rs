@@ -70,7 +70,10 @@ impl fmt::Display for ShutdownSummary {
             self.sessions_closed,
             s.accepted,
             s.handshakes_ok,
-            s.refused_max_connections + s.refused_handoff_full + s.handshakes_rejected_args + s.handshakes_rejected_token,
+            s.refused_max_connections
+                + s.refused_handoff_full
+                + s.handshakes_rejected_args
+                + s.handshakes_rejected_token,
             s.messages_relayed,
             s.kicks,
             s.slow_consumer_closes,
@@ -157,8 +160,14 @@ impl Gateway {
             inner.threads.lock().push((name, handle));
             Ok(())
         };
-        let acceptor =
-            Acceptor { poll: acceptor_poll, listener, lanes, shared: shared.clone(), pending: Default::default(), next: 0 };
+        let acceptor = Acceptor {
+            poll: acceptor_poll,
+            listener,
+            lanes,
+            shared: shared.clone(),
+            pending: Default::default(),
+            next: 0,
+        };
         spawn(format!("msggate-{port}-acceptor"), Box::new(move || acceptor.run()))?;
         for (id, (poll, mailbox, queues)) in reactors.into_iter().enumerate() {
             let shared = shared.clone();
@@ -253,7 +262,11 @@ impl Inner {
                 log::error!("thread {name} panicked");
             }
         }
-        let s = ShutdownSummary { sessions_closed: sessions, elapsed: started.elapsed(), stats: self.shared.metrics.snapshot() };
+        let s = ShutdownSummary {
+            sessions_closed: sessions,
+            elapsed: started.elapsed(),
+            stats: self.shared.metrics.snapshot(),
+        };
         log::info!("{s}");
         *summary = Some(s.clone());
         s

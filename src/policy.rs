@@ -171,9 +171,7 @@ impl MultiLoginPolicy {
             MultiLoginPolicy::NotKick => false,
             MultiLoginPolicy::SameTerminalKick => existing == new,
             MultiLoginPolicy::SameClassKick => existing.class() == new.class(),
-            MultiLoginPolicy::PcAndOther => {
-                new.class() != PlatformClass::Pc && existing.class() != PlatformClass::Pc
-            }
+            MultiLoginPolicy::PcAndOther => new.class() != PlatformClass::Pc && existing.class() != PlatformClass::Pc,
         }
     }
 }
@@ -189,14 +187,11 @@ impl FromStr for MultiLoginPolicy {
 
     /// Accepts the name (`same-terminal-kick`) or OpenIM's number (`1`).
     fn from_str(s: &str) -> Result<Self, String> {
-        MultiLoginPolicy::ALL
-            .into_iter()
-            .find(|p| p.name() == s || p.openim_id().to_string() == s)
-            .ok_or_else(|| {
-                let names: Vec<String> =
-                    MultiLoginPolicy::ALL.iter().map(|p| format!("{} ({})", p.name(), p.openim_id())).collect();
-                format!("unknown multi-login policy {s:?}; expected one of {}", names.join(", "))
-            })
+        MultiLoginPolicy::ALL.into_iter().find(|p| p.name() == s || p.openim_id().to_string() == s).ok_or_else(|| {
+            let names: Vec<String> =
+                MultiLoginPolicy::ALL.iter().map(|p| format!("{} ({})", p.name(), p.openim_id())).collect();
+            format!("unknown multi-login policy {s:?}; expected one of {}", names.join(", "))
+        })
     }
 }
 

@@ -96,8 +96,8 @@ impl TokenKey {
             return Err(malformed());
         }
         let header = URL_SAFE_NO_PAD.decode(header).map_err(|_| TokenError::Malformed("header is not base64url"))?;
-        let header: Header<'_> =
-            serde_json::from_slice(&header).map_err(|_| TokenError::Malformed("header is not a JSON object with alg"))?;
+        let header: Header<'_> = serde_json::from_slice(&header)
+            .map_err(|_| TokenError::Malformed("header is not a JSON object with alg"))?;
         if header.alg != "HS256" {
             return Err(TokenError::Invalid("algorithm is not HS256"));
         }

@@ -42,12 +42,7 @@ pub fn watchdog<F: FnOnce() + Send + 'static>(limit: Duration, f: F) {
 
 /// A config for tests: port 0, the test secret, two reactors.
 pub fn config() -> Config {
-    Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        secret: Some(SECRET.into()),
-        io_threads: 2,
-        ..Config::default()
-    }
+    Config { listen: "127.0.0.1:0".parse().unwrap(), secret: Some(SECRET.into()), io_threads: 2, ..Config::default() }
 }
 
 /// Starts a gateway with the test config as changed by `tweak`.
@@ -88,7 +83,13 @@ pub fn assert_drained(gw: &GatewayHandle) {
     };
     let deadline = Instant::now() + 2 * STEP;
     while !drained() {
-        assert!(Instant::now() < deadline, "not drained within {:?}: registry {}, {:#?}", 2 * STEP, gw.registry_len(), gw.stats());
+        assert!(
+            Instant::now() < deadline,
+            "not drained within {:?}: registry {}, {:#?}",
+            2 * STEP,
+            gw.registry_len(),
+            gw.stats()
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(gw.stats().online_users, 0);
