@@ -252,10 +252,10 @@ impl SessionHandle {
         CloseOrder::from_u8(self.order.load(Acquire))
     }
 
-    /// Register role: the session is in the registry now.
-    pub(crate) fn mark_registered(&self) {
+    /// Registry, under the shard lock, just before inserting: anyone who finds the session in
+    /// the registry (and so may push to it) also sees it registered.
+    pub(crate) fn flag_registered(&self) {
         self.flags.fetch_or(REGISTERED, AcqRel);
-        self.notify();
     }
 
     pub(crate) fn is_registered(&self) -> bool {
@@ -284,7 +284,7 @@ impl SessionHandle {
 
     /// Tells the reactor to look at this session. Fallback when the inbox is full: the
     /// reactor's sweep flag, which makes it check every session's flags on its next turn.
-    fn notify(&self) {
+    pub(crate) fn notify(&self) {
         let notice = Delivery::Notice { token: self.token, conn: self.conn };
         if self.mailbox.inbox.try_send(notice).is_err() {
             self.mailbox.sweep.store(true, Release);

@@ -74,6 +74,7 @@ impl Registry {
             }
             keep
         });
+        session.flag_registered();
         list.push(session.clone());
         drop(shard);
         add(&self.metrics.registry_sessions, 1 - kicked.len() as i64);

@@ -95,7 +95,7 @@ pub(crate) fn register(ctx: &RoleCtx, session: &Arc<SessionHandle>) {
             kick(ctx, old, &frame);
         }
     }
-    session.mark_registered();
+    session.notify(); // its reactor lets the held 101 out
 }
 
 /// Hands `old` its 2002 frame and a close order. Never lost: if the frame cannot be queued the

@@ -169,3 +169,23 @@ fn stale_unregister_never_removes_the_newer_session() {
         assert_drained(&gw);
     });
 }
+
+#[test]
+fn a_completed_upgrade_means_online_and_reachable() {
+    watchdog(LIMIT, || {
+        let gw = start(|_| {});
+        let addr = gw.local_addr();
+        let mut tx = Client::connect(addr, "tx", 1);
+        for round in 0..100 {
+            let user = format!("rx{round}");
+            let mut rx = Client::connect(addr, &user, 1);
+            // No waiting for the registry: the 101 left only after the session was inserted.
+            let incr = tx.send_msg(&user, "are you there?");
+            assert_eq!(tx.await_reply(&incr)["data"]["delivered"], 1, "round {round}");
+            assert_eq!(rx.await_push()["content"], "are you there?");
+            rx.close();
+        }
+        tx.close();
+        assert_drained(&gw);
+    });
+}

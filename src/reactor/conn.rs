@@ -18,6 +18,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Error as WsError, Message, Utf8Bytes, WebSocket};
 
+use super::socket::Socket;
 use super::Ctx;
 use crate::admission::{admit, Identity, Rejection};
 use crate::dispatch::Action;
@@ -26,21 +27,28 @@ use crate::metrics::{add, inc};
 use crate::protocol;
 use crate::throttle::log_throttled;
 
-type Ws = Box<WebSocket<TcpStream>>;
+type Ws = Box<WebSocket<Socket>>;
 type Verdict = Rc<RefCell<Option<Result<Identity, Rejection>>>>;
 
 /// Where a connection is in its life.
 enum Stage {
-    /// Reading the upgrade request or writing the response.
-    Handshake(Box<MidHandshake<ServerHandshake<TcpStream, Auth>>>, Verdict),
-    /// Upgraded and authenticated; waiting for the register role. Input is left in the socket.
-    Registering(Ws),
-    /// Registered: requests are served.
+    /// Reading the upgrade request; then, once accepted, holding the `101` until the register
+    /// role has inserted the session; then writing it.
+    Handshake(Box<MidHandshake<ServerHandshake<Socket, Auth>>>, Verdict),
+    /// Upgraded and registered: requests are served.
     Open(Ws),
     /// Our or the peer's close frame is out; waiting for the other one, or the deadline.
     Closing(Ws),
     /// Transient, while a stage is being replaced.
     Gone,
+}
+
+/// What a connection does once its `101` is out.
+enum AfterUpgrade {
+    /// Serve requests.
+    Serve,
+    /// Send a close frame at once (kicked or timed out while registering).
+    Close(CloseCode, &'static str),
 }
 
 /// Why a connection ended. "The peer closed normally" is kept apart from everything else.
@@ -132,6 +140,9 @@ pub(crate) struct Conn {
     unread: bool,
     /// In the reactor's dirty list: has queued output to flush.
     dirty: bool,
+    after_upgrade: AfterUpgrade,
+    /// Frames for a registered session whose `101` could not be written yet (socket full).
+    early: Vec<Utf8Bytes>,
 }
 
 impl Conn {
@@ -139,7 +150,7 @@ impl Conn {
     pub(crate) fn start(stream: TcpStream, token: usize, ctx: &Ctx) -> Conn {
         let verdict = Verdict::default();
         let auth = Auth { ctx: ctx.shared.clone(), verdict: verdict.clone() };
-        let mid = ServerHandshake::start(stream, auth, Some(ctx.shared.ws_config));
+        let mid = ServerHandshake::start(Socket::held(stream), auth, Some(ctx.shared.ws_config));
         Conn {
             stage: Stage::Handshake(Box::new(mid), verdict),
             session: None,
@@ -149,6 +160,8 @@ impl Conn {
             last_ping: ctx.now,
             unread: true,
             dirty: false,
+            after_upgrade: AfterUpgrade::Serve,
+            early: Vec::new(),
         }
     }
 
@@ -167,11 +180,11 @@ impl Conn {
 
     /// Readiness from the poll.
     pub(crate) fn on_ready(&mut self, ctx: &mut Ctx, readable: bool, writable: bool) -> Next {
-        if let Stage::Handshake(..) = self.stage {
-            return self.step_handshake(ctx);
-        }
         if readable {
             self.unread = true;
+        }
+        if let Stage::Handshake(..) = self.stage {
+            return self.step_handshake(ctx);
         }
         if writable {
             if let Next::End(e) = self.flush(ctx) {
@@ -189,24 +202,21 @@ impl Conn {
             return Next::End(End::Bug("step_handshake outside the handshake".into()));
         };
         match mid.handshake() {
-            Ok(ws) => {
-                let ws = Box::new(ws);
-                let verdict = verdict.borrow_mut().take();
-                match verdict {
-                    Some(Ok(id)) => self.upgraded(ctx, ws, id),
-                    Some(Err(rejection)) => {
-                        // isMsgResp=true: the error travels as the first frame, then close 1008.
-                        self.stage = Stage::Open(ws);
-                        self.last_seen = ctx.now;
-                        if let Next::End(e) = self.write(ctx, Message::text(rejection.body())) {
-                            return Next::End(e);
-                        }
-                        self.begin_close(ctx, CloseCode::Policy, &rejection.msg)
+            Ok(ws) => self.upgraded(ctx, Box::new(ws), &verdict),
+            Err(HandshakeError::Interrupted(mut mid)) => {
+                let held = mid.get_ref().get_ref().is_held();
+                let judged = verdict.borrow().as_ref().map(Result::is_ok);
+                match judged {
+                    None => {} // the request is not complete yet
+                    // Refused: let the HTTP error (or, with isMsgResp, the 101) out now.
+                    Some(false) if held => {
+                        mid.get_mut().get_mut().release();
+                        self.stage = Stage::Handshake(Box::new(mid), verdict);
+                        return self.step_handshake(ctx);
                     }
-                    None => Next::End(End::Bug("handshake completed without a verdict".into())),
+                    Some(true) if self.session.is_none() => self.accepted(ctx, &verdict),
+                    Some(_) => {} // waiting for the register role, or for the socket
                 }
-            }
-            Err(HandshakeError::Interrupted(mid)) => {
                 self.stage = Stage::Handshake(Box::new(mid), verdict);
                 Keep
             }
@@ -219,36 +229,77 @@ impl Conn {
         }
     }
 
-    fn upgraded(&mut self, ctx: &mut Ctx, ws: Ws, id: Identity) -> Next {
-        let metrics = &ctx.shared.metrics;
-        inc(&metrics.handshakes_ok);
-        add(&metrics.sessions, 1);
+    /// The token was good: create the session and ask the register role for it. The `101`
+    /// stays held until the role has inserted it.
+    fn accepted(&mut self, ctx: &mut Ctx, verdict: &Verdict) {
+        let verdict = verdict.borrow();
+        let Some(Ok(id)) = verdict.as_ref() else { return };
+        add(&ctx.shared.metrics.sessions, 1);
         let conn = ctx.shared.next_conn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let handle = Arc::new(SessionHandle::new(
-            Arc::from(id.user),
+            Arc::from(id.user.as_str()),
             id.platform,
             conn,
             id.background,
             self.token,
             ctx.mailbox.clone(),
         ));
-        log::debug!("{handle:?} upgraded (operationID {:?})", id.operation_id);
+        log::debug!("{handle:?} authenticated (operationID {:?}); registering", id.operation_id);
         self.session = Some(handle.clone());
-        self.stage = Stage::Registering(ws);
+        ctx.register(handle);
+    }
+
+    /// Lets a held `101` out and carries the handshake on.
+    fn release(&mut self, ctx: &mut Ctx) -> Next {
+        match &mut self.stage {
+            Stage::Handshake(mid, _) if mid.get_ref().get_ref().is_held() => {
+                mid.get_mut().get_mut().release();
+                self.step_handshake(ctx)
+            }
+            _ => Keep,
+        }
+    }
+
+    /// The `101` is out.
+    fn upgraded(&mut self, ctx: &mut Ctx, ws: Ws, verdict: &Verdict) -> Next {
+        self.stage = Stage::Open(ws);
         self.last_seen = ctx.now;
         self.last_ping = ctx.now;
-        ctx.register(handle);
-        if id.msg_resp {
-            return self.write(ctx, Message::text(protocol::status_json(protocol::codes::OK, "")));
+        match verdict.borrow_mut().take() {
+            Some(Ok(id)) => {
+                inc(&ctx.shared.metrics.handshakes_ok);
+                if id.msg_resp {
+                    if let Next::End(e) = self.write(ctx, Message::text(protocol::status_json(protocol::codes::OK, "")))
+                    {
+                        return Next::End(e);
+                    }
+                }
+                for frame in std::mem::take(&mut self.early) {
+                    if let Next::End(e) = self.write(ctx, Message::Text(frame)) {
+                        return Next::End(e);
+                    }
+                }
+                match self.after_upgrade {
+                    AfterUpgrade::Close(code, reason) => self.begin_close(ctx, code, reason),
+                    AfterUpgrade::Serve => self.read(ctx),
+                }
+            }
+            Some(Err(rejection)) => {
+                // isMsgResp=true: the error travels as the first frame, then close 1008.
+                if let Next::End(e) = self.write(ctx, Message::text(rejection.body())) {
+                    return Next::End(e);
+                }
+                self.begin_close(ctx, CloseCode::Policy, &rejection.msg)
+            }
+            None => Next::End(End::Bug("handshake completed without a verdict".into())),
         }
-        Keep
     }
 
     /// Flags changed: registered, or a close was ordered.
     pub(crate) fn on_notice(&mut self, ctx: &mut Ctx) -> Next {
         let Some(session) = self.session.clone() else { return Keep };
         if let Some(order) = session.close_order() {
-            if self.is_closing() {
+            if self.is_closing() || matches!(self.after_upgrade, AfterUpgrade::Close(..)) {
                 return Keep;
             }
             let m = &ctx.shared.metrics;
@@ -265,16 +316,14 @@ impl Conn {
                     (CloseCode::Again, "server overloaded, try again later")
                 }
             };
+            if let Stage::Handshake(..) = self.stage {
+                self.after_upgrade = AfterUpgrade::Close(code, reason);
+                return self.release(ctx);
+            }
             return self.begin_close(ctx, code, reason);
         }
         if session.is_registered() {
-            if let Stage::Registering(_) = self.stage {
-                let Stage::Registering(ws) = std::mem::replace(&mut self.stage, Stage::Gone) else { unreachable!() };
-                self.stage = Stage::Open(ws);
-                if self.unread {
-                    return self.read(ctx);
-                }
-            }
+            return self.release(ctx);
         }
         Keep
     }
@@ -285,7 +334,7 @@ impl Conn {
         for _ in 0..super::READ_BATCH {
             let ws = match &mut self.stage {
                 Stage::Open(ws) | Stage::Closing(ws) => ws,
-                _ => return Keep, // registering: the input waits in the socket
+                _ => return Keep, // not upgraded yet: the input waits in the socket
             };
             match ws.read() {
                 Ok(msg) => {
@@ -379,9 +428,16 @@ impl Conn {
     }
 
     /// A frame from the inbox.
+    ///
+    /// A frame for a session whose `101` is still held means the session is in the registry
+    /// already (the register role flags it before inserting it): the `101` goes out first.
     pub(crate) fn deliver(&mut self, ctx: &mut Ctx, frame: Utf8Bytes) -> Next {
         match self.stage {
-            Stage::Open(_) | Stage::Registering(_) => self.write(ctx, Message::Text(frame)),
+            Stage::Open(_) => self.write(ctx, Message::Text(frame)),
+            Stage::Handshake(..) if self.session.as_ref().is_some_and(|s| s.is_registered()) => {
+                self.early.push(frame);
+                self.release(ctx)
+            }
             _ => Keep,
         }
     }
@@ -389,7 +445,7 @@ impl Conn {
     /// Queues `msg`; the reactor flushes dirty connections at the end of its turn.
     fn write(&mut self, ctx: &mut Ctx, msg: Message) -> Next {
         let ws = match &mut self.stage {
-            Stage::Open(ws) | Stage::Registering(ws) => ws,
+            Stage::Open(ws) => ws,
             _ => return Keep,
         };
         match ws.write(msg) {
@@ -412,7 +468,7 @@ impl Conn {
     pub(crate) fn flush(&mut self, ctx: &mut Ctx) -> Next {
         self.dirty = false;
         let ws = match &mut self.stage {
-            Stage::Open(ws) | Stage::Registering(ws) | Stage::Closing(ws) => ws,
+            Stage::Open(ws) | Stage::Closing(ws) => ws,
             _ => return Keep,
         };
         match ws.flush() {
@@ -425,7 +481,7 @@ impl Conn {
     /// Sends a close frame (once) and waits for the peer's, up to `close_timeout`.
     pub(crate) fn begin_close(&mut self, ctx: &mut Ctx, code: CloseCode, reason: &str) -> Next {
         let ws = match &mut self.stage {
-            Stage::Open(ws) | Stage::Registering(ws) => ws,
+            Stage::Open(ws) => ws,
             Stage::Closing(_) => return Keep,
             Stage::Handshake(..) | Stage::Gone => return Next::End(End::Shutdown),
         };
@@ -444,10 +500,8 @@ impl Conn {
     }
 
     fn enter_closing(&mut self, ctx: &Ctx) {
-        if let Stage::Open(_) | Stage::Registering(_) = self.stage {
-            let (Stage::Open(ws) | Stage::Registering(ws)) = std::mem::replace(&mut self.stage, Stage::Gone) else {
-                unreachable!()
-            };
+        if let Stage::Open(_) = self.stage {
+            let Stage::Open(ws) = std::mem::replace(&mut self.stage, Stage::Gone) else { unreachable!() };
             self.stage = Stage::Closing(ws);
             self.deadline = ctx.now + ctx.shared.config.close_timeout.as_millis() as u64;
         }
@@ -458,18 +512,21 @@ impl Conn {
         let config = &ctx.shared.config;
         let now = ctx.now;
         match &mut self.stage {
-            Stage::Handshake(..) if now >= self.deadline => {
-                inc(&ctx.shared.metrics.handshake_timeouts);
-                Next::End(End::HandshakeTimeout)
-            }
-            Stage::Registering(_) if now >= self.deadline => {
+            Stage::Handshake(mid, _) if now >= self.deadline => {
+                if self.session.is_none() || !mid.get_ref().get_ref().is_held() {
+                    inc(&ctx.shared.metrics.handshake_timeouts);
+                    return Next::End(End::HandshakeTimeout);
+                }
+                // Authenticated, but the register role has not inserted it in time.
                 inc(&ctx.shared.metrics.register_timeouts);
                 log_throttled!(
                     log::Level::Warn,
                     "{:?}: not registered within the handshake timeout; closing with 1013",
                     self.session
                 );
-                self.begin_close(ctx, CloseCode::Again, "registration timed out, try again later")
+                self.deadline = now + config.close_timeout.as_millis() as u64;
+                self.after_upgrade = AfterUpgrade::Close(CloseCode::Again, "registration timed out, try again later");
+                self.release(ctx)
             }
             Stage::Open(_) if now.saturating_sub(self.last_seen) >= config.idle_timeout.as_millis() as u64 => {
                 inc(&ctx.shared.metrics.idle_closes);

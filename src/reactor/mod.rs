@@ -7,6 +7,7 @@
 //! to [`conn::Conn`].
 
 mod conn;
+mod socket;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
