@@ -488,14 +488,23 @@ fn run_sender(mut ws: Ws, i: usize, inflight: usize, size: usize, window: Window
     let mut outstanding = 0usize;
     let mut last_activity = Instant::now();
     'run: {
-        for _ in 0..inflight {
-            if let Err(e) = send(&mut ws, st.sent) {
+        // Sends the next message; false (after counting the error) if the socket failed.
+        let send_next = |ws: &mut Ws, st: &mut SenderStats, outstanding: &mut usize| match send(ws, st.sent) {
+            Ok(()) => {
+                st.sent += 1;
+                *outstanding += 1;
+                true
+            }
+            Err(e) => {
                 st.errors.io += 1;
                 st.errors.note(format!("tx{i}: send: {e}"));
+                false
+            }
+        };
+        for _ in 0..inflight {
+            if !send_next(&mut ws, &mut st, &mut outstanding) {
                 break 'run;
             }
-            st.sent += 1;
-            outstanding += 1;
         }
         loop {
             match ws.read() {
@@ -532,13 +541,9 @@ fn run_sender(mut ws: Ws, i: usize, inflight: usize, size: usize, window: Window
                         st.errors.note(format!("tx{i}: ack delivered={delivered}"));
                     }
                     if now < window.end {
-                        if let Err(e) = send(&mut ws, st.sent) {
-                            st.errors.io += 1;
-                            st.errors.note(format!("tx{i}: send: {e}"));
+                        if !send_next(&mut ws, &mut st, &mut outstanding) {
                             break 'run;
                         }
-                        st.sent += 1;
-                        outstanding += 1;
                     } else if outstanding == 0 {
                         break 'run;
                     }

@@ -23,7 +23,7 @@ use crate::mailbox::Mailbox;
 use crate::metrics::{Metrics, Snapshot};
 use crate::reactor::{Queues, Reactor, Shared};
 use crate::registry::{OnlineSession, Registry};
-use crate::roles::{self, RoleCtx, RoleStats};
+use crate::roles::{self, Role, RoleCtx, RoleStats};
 use crate::token::TokenKey;
 
 /// Starts gateways. See [`Gateway::start`].
@@ -176,12 +176,14 @@ impl Gateway {
             spawn(format!("msggate-{port}-reactor-{id}"), Box::new(run))?;
         }
         let role_ctx = Arc::new(RoleCtx { registry, metrics, policy: config.multi_login_policy });
-        let name = format!("msggate-{port}-register");
-        let handle = roles::spawn_register(role_ctx.clone(), register_rx, role_stats[0].clone(), name.clone())?;
-        inner.threads.lock().push((name, handle));
-        let name = format!("msggate-{port}-unregister");
-        let handle = roles::spawn_unregister(role_ctx, unregister_rx, role_stats[1].clone(), name.clone())?;
-        inner.threads.lock().push((name, handle));
+        for (role, queue, stats, suffix) in [
+            (Role::Register, register_rx, &role_stats[0], "register"),
+            (Role::Unregister, unregister_rx, &role_stats[1], "unregister"),
+        ] {
+            let name = format!("msggate-{port}-{suffix}");
+            let handle = roles::spawn(role, role_ctx.clone(), queue, stats.clone(), name.clone())?;
+            inner.threads.lock().push((name, handle));
+        }
 
         log::info!(
             "msggate listening on {local_addr}: {} reactors, register/unregister queues {}/{}, policy {}, \

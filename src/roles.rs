@@ -33,27 +33,16 @@ pub(crate) struct RoleCtx {
     pub(crate) policy: MultiLoginPolicy,
 }
 
-/// Starts the register role. It ends when every sender of `queue` is dropped.
-pub(crate) fn spawn_register(
-    ctx: Arc<RoleCtx>,
-    queue: Receiver<Arc<SessionHandle>>,
-    stats: Arc<RoleStats>,
-    name: String,
-) -> Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name(name)
-        .spawn(move || {
-            for session in queue.iter() {
-                register(&ctx, &session);
-                stats.handled.fetch_add(1, Relaxed);
-            }
-            log::debug!("register role: every reactor is gone, exiting");
-        })
-        .map_err(Error::io("spawning the register role"))
+/// Which role a thread plays.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Role {
+    Register,
+    Unregister,
 }
 
-/// Starts the unregister role. It ends when every sender of `queue` is dropped.
-pub(crate) fn spawn_unregister(
+/// Starts a role thread draining `queue`. It ends when every sender of `queue` is dropped.
+pub(crate) fn spawn(
+    role: Role,
     ctx: Arc<RoleCtx>,
     queue: Receiver<Arc<SessionHandle>>,
     stats: Arc<RoleStats>,
@@ -63,16 +52,24 @@ pub(crate) fn spawn_unregister(
         .name(name)
         .spawn(move || {
             for session in queue.iter() {
-                if ctx.registry.unregister(&session) {
-                    inc(&ctx.metrics.unregistered);
-                } else {
-                    inc(&ctx.metrics.unregister_stale);
+                match role {
+                    Role::Register => register(&ctx, &session),
+                    Role::Unregister => unregister(&ctx, &session),
                 }
                 stats.handled.fetch_add(1, Relaxed);
             }
-            log::debug!("unregister role: every reactor is gone, exiting");
+            log::debug!("{role:?} role: every reactor is gone, exiting");
         })
-        .map_err(Error::io("spawning the unregister role"))
+        .map_err(Error::io("spawning a role thread"))
+}
+
+/// Removes one ended session; a session already gone (kicked, never inserted) is counted stale.
+fn unregister(ctx: &RoleCtx, session: &SessionHandle) {
+    if ctx.registry.unregister(session) {
+        inc(&ctx.metrics.unregistered);
+    } else {
+        inc(&ctx.metrics.unregister_stale);
+    }
 }
 
 /// Registers one session: insert under the policy, kick the losers, tell the session.
@@ -115,15 +112,19 @@ mod tests {
     use crate::mailbox::Delivery;
     use crate::policy::Platform;
 
-    #[test]
-    fn kick_queues_the_2002_then_the_close_notice() {
-        let (mb, rx, _poll) = mailbox(16, 1 << 20);
+    fn ctx() -> RoleCtx {
         let metrics = Arc::new(Metrics::default());
-        let ctx = RoleCtx {
+        RoleCtx {
             registry: Arc::new(Registry::new(metrics.clone())),
             metrics,
             policy: MultiLoginPolicy::SameTerminalKick,
-        };
+        }
+    }
+
+    #[test]
+    fn kick_queues_the_2002_then_the_close_notice() {
+        let (mb, rx, _poll) = mailbox(16, 1 << 20);
+        let ctx = ctx();
         let old = handle("u", Platform::Ios, 1, &mb);
         let new = handle("u", Platform::Ios, 2, &mb);
         register(&ctx, &old);
@@ -145,12 +146,7 @@ mod tests {
     #[test]
     fn kick_is_not_lost_when_the_inbox_is_full() {
         let (mb, rx, _poll) = mailbox(1, 1 << 20);
-        let metrics = Arc::new(Metrics::default());
-        let ctx = RoleCtx {
-            registry: Arc::new(Registry::new(metrics.clone())),
-            metrics,
-            policy: MultiLoginPolicy::SameTerminalKick,
-        };
+        let ctx = ctx();
         let old = handle("u", Platform::Ios, 1, &mb);
         register(&ctx, &old); // its notice fills the inbox
         let new = handle("u", Platform::Ios, 2, &mb);
