@@ -89,6 +89,10 @@ impl Acceptor {
                 }
             }
         }
+        // Sockets still waiting for a reactor: refused, and the gauge kept true.
+        while let Some((stream, _)) = self.pending.pop_front() {
+            self.refuse_busy(stream, "the gateway is shutting down");
+        }
         log::debug!("acceptor: stopped accepting");
     }
 

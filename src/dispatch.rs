@@ -110,7 +110,10 @@ impl Dispatcher {
             let msg = format!("sendID {:?} is not this session's user", req.send_id);
             return self.error(Some(&req), codes::NO_PERMISSION, &msg);
         }
-        match req.req_identifier.unwrap_or_default() {
+        let Some(identifier) = req.req_identifier else {
+            return self.error(Some(&req), codes::ARGS, "malformed request: missing reqIdentifier");
+        };
+        match identifier {
             ident::SEND_MSG => self.relay(me, &req),
             ident::LOGOUT => {
                 inc(&self.metrics.logouts);
@@ -212,7 +215,7 @@ mod tests {
             .try_iter()
             .filter_map(|d| match d {
                 Delivery::Frame { conn, .. } => Some(conn),
-                Delivery::Notice { .. } => None,
+                Delivery::Notice { .. } | Delivery::Last { .. } => None,
             })
             .collect();
         conns.sort();
@@ -238,6 +241,7 @@ mod tests {
         let me = handle("u1", Platform::Ios, 1, &mb);
         let cases = [
             ("not json", 1001),
+            (r#"{"msgIncr":"m1","sendID":"u1"}"#, 1001),
             (r#"{"reqIdentifier":9999}"#, 1001),
             (r#"{"reqIdentifier":1003,"sendID":"u2","data":{"recvID":"x","content":1}}"#, 1002),
             (r#"{"reqIdentifier":1003,"sendID":"u1","data":{"content":1}}"#, 1001),

@@ -22,6 +22,9 @@ pub(crate) enum Delivery {
     Frame { token: usize, conn: ConnId, frame: Utf8Bytes },
     /// "Look at this session's flags": registered, or told to close.
     Notice { token: usize, conn: ConnId },
+    /// A last frame (the 2002 kick) and then the close order already set on the session: one
+    /// item, so nothing can close the session between the two.
+    Last { token: usize, conn: ConnId, frame: Utf8Bytes },
 }
 
 /// The part of a reactor other threads may touch.
@@ -113,6 +116,7 @@ pub enum NotDelivered {
 
 const REGISTERED: u8 = 1;
 const ENDED: u8 = 2;
+const LAST_PENDING: u8 = 4;
 
 /// A session as other threads see it: identity, flags and the way to its reactor.
 pub(crate) struct SessionHandle {
@@ -201,24 +205,49 @@ impl SessionHandle {
         self.enqueue(frame, frame.len())
     }
 
-    /// Queues a last `frame` (budget or not) and then orders the close, so the reactor writes
-    /// the frame before it closes. If the frame cannot be queued the order still stands.
+    /// Orders the session closed for `order` and queues `frame` to be written just before the
+    /// close, as one inbox item, so the frame always precedes the close (budget or not). If the
+    /// inbox is full the order still stands and the session is closed without the frame.
+    /// `Err(Closing)`: the session was already ordered closed or has ended; nothing changed.
     pub(crate) fn push_last(&self, frame: &Utf8Bytes, order: CloseOrder) -> Result<(), NotDelivered> {
-        let queued = if self.order.load(Acquire) != 0 || self.has_ended() {
-            Err(NotDelivered::Closing)
-        } else {
-            self.queued.fetch_add(frame.len(), AcqRel);
-            match self.enqueue(frame, frame.len()) {
-                Ok(Offer::Queued) => Ok(()),
-                Ok(Offer::Deferred) => {
-                    self.queued.fetch_sub(frame.len(), AcqRel);
-                    Err(NotDelivered::Busy)
-                }
-                Err(e) => Err(e),
+        if self.has_ended() {
+            return Err(NotDelivered::Closing);
+        }
+        // Set before the order becomes visible, so a sweep leaves the close to the item.
+        self.flags.fetch_or(LAST_PENDING, AcqRel);
+        if self.order.compare_exchange(0, order as u8, AcqRel, Acquire).is_err() {
+            self.flags.fetch_and(!LAST_PENDING, AcqRel);
+            return Err(NotDelivered::Closing);
+        }
+        self.queued.fetch_add(frame.len(), AcqRel);
+        let last = Delivery::Last { token: self.token, conn: self.conn, frame: frame.clone() };
+        match self.mailbox.inbox.try_send(last) {
+            Ok(()) => {
+                self.mailbox.wake();
+                Ok(())
             }
-        };
-        self.order_close(order);
-        queued
+            Err(e) => {
+                // Fallback: no frame, but the close order is acted on through a notice or sweep.
+                self.queued.fetch_sub(frame.len(), AcqRel);
+                self.flags.fetch_and(!LAST_PENDING, AcqRel);
+                self.notify();
+                Err(match e {
+                    TrySendError::Full(_) => NotDelivered::Busy,
+                    TrySendError::Disconnected(_) => NotDelivered::Closing,
+                })
+            }
+        }
+    }
+
+    /// Reactor: the `Last` item arrived; the close order is now the reactor's to act on.
+    pub(crate) fn last_delivered(&self, len: usize) {
+        self.queued.fetch_sub(len, AcqRel);
+        self.flags.fetch_and(!LAST_PENDING, AcqRel);
+    }
+
+    /// A `Last` item is in the inbox: its close must wait for it.
+    pub(crate) fn last_pending(&self) -> bool {
+        self.flags.load(Acquire) & LAST_PENDING != 0
     }
 
     /// The one `try_send` of a frame (already charged to the budget). Full: the charge stays
@@ -252,10 +281,18 @@ impl SessionHandle {
         CloseOrder::from_u8(self.order.load(Acquire))
     }
 
-    /// Registry, under the shard lock, just before inserting: anyone who finds the session in
-    /// the registry (and so may push to it) also sees it registered.
-    pub(crate) fn flag_registered(&self) {
-        self.flags.fetch_or(REGISTERED, AcqRel);
+    /// Registry, under the shard lock, just before inserting: flags the session registered
+    /// unless it has ended (or was cancelled), in one atomic step, so exactly one of
+    /// "registered" and "ended first" wins. Anyone who then finds the session in the registry
+    /// (and so may push to it) also sees it registered. Returns whether it may be inserted.
+    pub(crate) fn try_flag_registered(&self) -> bool {
+        self.flags.fetch_update(AcqRel, Acquire, |f| if f & ENDED != 0 { None } else { Some(f | REGISTERED) }).is_ok()
+    }
+
+    /// Reactor, when a session's registration deadline passes: ends it unless the register
+    /// role got to it first. Returns whether it was cancelled (and will never be inserted).
+    pub(crate) fn try_cancel(&self) -> bool {
+        self.flags.fetch_update(AcqRel, Acquire, |f| if f & REGISTERED != 0 { None } else { Some(f | ENDED) }).is_ok()
     }
 
     pub(crate) fn is_registered(&self) -> bool {
@@ -370,6 +407,45 @@ pub(crate) mod tests {
         h.order_close(CloseOrder::Kicked);
         assert_eq!(h.resume(&frame), Err(NotDelivered::Closing));
         assert_eq!(h.queued.load(Acquire), 3, "a dropped deferred frame releases its charge");
+    }
+
+    #[test]
+    fn registered_and_cancelled_exclude_each_other() {
+        let (mb, _rx, _poll) = mailbox(8, 1000);
+        let a = handle("u", Platform::Ios, 1, &mb);
+        assert!(a.try_flag_registered());
+        assert!(!a.try_cancel(), "registered first: the deadline cannot cancel it");
+        let b = handle("u", Platform::Ios, 2, &mb);
+        assert!(b.try_cancel());
+        assert!(!b.try_flag_registered(), "cancelled first: never inserted");
+        assert!(b.has_ended() && !b.is_registered());
+    }
+
+    #[test]
+    fn push_last_is_one_item_and_defers_the_close_to_it() {
+        let (mb, rx, _poll) = mailbox(8, 1000);
+        let h = handle("u", Platform::Ios, 1, &mb);
+        h.push_last(&Utf8Bytes::from("kick"), CloseOrder::Kicked).unwrap();
+        assert!(h.last_pending());
+        assert_eq!(h.close_order(), Some(CloseOrder::Kicked));
+        assert_eq!(rx.len(), 1, "no separate notice that could overtake the frame");
+        assert!(matches!(rx.try_recv(), Ok(Delivery::Last { .. })));
+        h.last_delivered(4);
+        assert!(!h.last_pending());
+        assert_eq!(h.push_last(&Utf8Bytes::from("again"), CloseOrder::Kicked), Err(NotDelivered::Closing));
+    }
+
+    #[test]
+    fn push_last_on_a_full_inbox_keeps_the_order_and_falls_back_to_a_sweep() {
+        let (mb, rx, _poll) = mailbox(1, 1000);
+        let h = handle("u", Platform::Ios, 1, &mb);
+        h.push(&Utf8Bytes::from("fill")).unwrap();
+        assert_eq!(h.push_last(&Utf8Bytes::from("kick"), CloseOrder::Kicked), Err(NotDelivered::Busy));
+        assert_eq!(h.close_order(), Some(CloseOrder::Kicked));
+        assert!(!h.last_pending());
+        assert!(mb.take_sweep());
+        assert_eq!(rx.len(), 1);
+        assert_eq!(h.queued.load(Acquire), 4, "only the first frame is charged");
     }
 
     #[test]

@@ -101,11 +101,13 @@ metrics! {
         logouts,
         /// Times a reactor had to sweep all its sessions because its inbox could not take a notice.
         sweeps,
+        /// Reactors that panicked (a bug); their connections were dropped and unregistered.
+        reactor_panics,
     }
     gauges {
         /// Sockets held: handshakes in flight plus sessions.
         connections,
-        /// Upgraded, authenticated sessions.
+        /// Authenticated sessions, from the token's acceptance (before the `101`) to the socket's close.
         sessions,
         /// Sessions in the registry.
         registry_sessions,

@@ -59,9 +59,10 @@ impl Registry {
     /// sessions that `policy` says the new login kicks.
     pub(crate) fn register(&self, session: &Arc<SessionHandle>, policy: MultiLoginPolicy) -> Registered {
         let mut shard = self.shard(&session.user).write();
-        // Checked under the lock the unregister role also takes: if the reactor ended the session
-        // before this point, its unregister may already have run and found nothing to remove.
-        if session.has_ended() {
+        // Decided under the lock the unregister role also takes: if the reactor ended (or
+        // cancelled) the session before this point, its unregister may already have run and
+        // found nothing to remove, so it must not be inserted now.
+        if !session.try_flag_registered() {
             return Registered::default();
         }
         let list = shard.entry(session.user.clone()).or_default();
@@ -74,7 +75,6 @@ impl Registry {
             }
             keep
         });
-        session.flag_registered();
         list.push(session.clone());
         drop(shard);
         add(&self.metrics.registry_sessions, 1 - kicked.len() as i64);

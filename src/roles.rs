@@ -137,9 +137,10 @@ mod tests {
             .map(|d| match d {
                 Delivery::Frame { conn, frame, .. } => format!("frame {conn} {}", &frame[..21]),
                 Delivery::Notice { conn, .. } => format!("notice {conn}"),
+                Delivery::Last { conn, frame, .. } => format!("last {conn} {}", &frame[..21]),
             })
             .collect();
-        assert_eq!(kinds, ["notice 1", "frame 1 {\"reqIdentifier\":2002", "notice 1", "notice 2"]);
+        assert_eq!(kinds, ["notice 1", "last 1 {\"reqIdentifier\":2002", "notice 2"]);
         assert_eq!(ctx.metrics.snapshot().kicks, 1);
     }
 

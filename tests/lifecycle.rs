@@ -108,3 +108,23 @@ fn background_flag_is_set_by_2004_and_by_the_url() {
         assert_drained(&gw);
     });
 }
+
+#[test]
+fn shutdown_leaves_an_empty_registry_even_at_unregister_queue_1() {
+    watchdog(LIMIT, || {
+        let gw = start(|c| {
+            c.unregister_queue = 1;
+            c.shutdown_timeout = Duration::from_millis(300);
+        });
+        let addr = gw.local_addr();
+        // Clients that never answer the server's close: every session ends at the drain deadline,
+        // all at once, through a one-slot unregister queue.
+        let clients: Vec<Client> = (0..300).map(|i| Client::connect(addr, &format!("u{i}"), 1)).collect();
+        assert_eq!(gw.registry_len(), 300);
+        gw.shutdown();
+        let s = gw.stats();
+        assert_eq!((gw.registry_len(), s.registry_sessions, s.online_users), (0, 0, 0), "{s:?}");
+        assert_eq!((s.connections, s.sessions), (0, 0));
+        drop(clients);
+    });
+}

@@ -160,3 +160,88 @@ fn pings_keep_a_responsive_client_alive_past_the_idle_timeout() {
         assert_drained(&gw);
     });
 }
+
+/// Completes an upgrade with tungstenite, then hands back the raw socket for hand-made frames.
+fn raw_session(addr: std::net::SocketAddr, user: &str) -> TcpStream {
+    let c = Client::connect(addr, user, 1);
+    c.ws.get_ref().try_clone().unwrap()
+}
+
+/// A masked client frame header (FIN set) for `opcode` with a payload length of `len`.
+fn frame_header(opcode: u8, len: u64) -> Vec<u8> {
+    let mut h = vec![0x80 | opcode];
+    match len {
+        0..=125 => h.push(0x80 | len as u8),
+        126..=65535 => {
+            h.push(0x80 | 126);
+            h.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            h.push(0x80 | 127);
+            h.extend_from_slice(&len.to_be_bytes());
+        }
+    }
+    h.extend_from_slice(&[0, 0, 0, 0]); // a zero mask leaves the payload as written
+    h
+}
+
+#[test]
+fn oversize_frame_header_does_not_panic_the_reactor() {
+    use std::io::Write;
+    watchdog(LIMIT, || {
+        let gw = start(|c| c.io_threads = 1); // attacker and bystanders share the reactor
+        let addr = gw.local_addr();
+        let mut a = Client::connect(addr, "a", 1);
+        let mut b = Client::connect(addr, "b", 1);
+        let mut raw = raw_session(addr, "attacker");
+        raw.set_read_timeout(Some(STEP)).unwrap();
+        // Claims 100 000 bytes (over the 51 200 limit), sends part of it, then more later.
+        let mut bytes = frame_header(0x1, 100_000);
+        bytes.extend(std::iter::repeat_n(b'x', 3000));
+        raw.write_all(&bytes).unwrap();
+        // Wait for the server's close 1009, then send more of the frame: a new readiness event
+        // for a connection whose reader stopped mid-frame.
+        let mut got = Vec::new();
+        let is_close_1009 = |w: &[u8]| w[0] == 0x88 && w[2] == 0x03 && w[3] == 0xf1;
+        while !got.windows(4).any(is_close_1009) {
+            let mut buf = [0u8; 256];
+            let n = std::io::Read::read(&mut raw, &mut buf).expect("a close 1009 before the deadline");
+            assert!(n > 0, "closed without a close 1009: {got:02x?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        let _ = raw.write_all(&[b'y'; 100]);
+        let _ = raw.shutdown(std::net::Shutdown::Write);
+        let _ = std::io::Read::read_to_end(&mut raw, &mut got); // the server closes
+        let incr = a.send_msg("b", "reactor still alive");
+        assert_eq!(a.await_reply(&incr)["data"]["delivered"], 1);
+        assert_eq!(b.await_push()["content"], "reactor still alive");
+        assert_eq!((gw.stats().reactor_panics, gw.stats().oversize_closes), (0, 1));
+        a.close();
+        b.close();
+        assert_drained(&gw);
+    });
+}
+
+#[test]
+fn close_after_an_invalid_frame_is_answered_without_waiting_for_the_deadline() {
+    use std::io::{Read, Write};
+    watchdog(LIMIT, || {
+        let gw = start(|c| c.close_timeout = Duration::from_secs(20));
+        let mut raw = raw_session(gw.local_addr(), "u1");
+        raw.set_read_timeout(Some(STEP)).unwrap();
+        // Invalid UTF-8 in a text frame and the client's own close frame, in one write.
+        let mut bytes = frame_header(0x1, 2);
+        bytes.extend_from_slice(&[0xff, 0xfe]);
+        bytes.extend(frame_header(0x8, 2));
+        bytes.extend_from_slice(&1000u16.to_be_bytes());
+        raw.write_all(&bytes).unwrap();
+        let started = Instant::now();
+        let mut got = Vec::new();
+        raw.read_to_end(&mut got).expect("the server closes the socket");
+        assert!(started.elapsed() < STEP, "the server waited {:?} for a close it already had", started.elapsed());
+        let close_1007 = got.windows(4).any(|w| w[0] == 0x88 && w[2] == 0x03 && w[3] == 0xef);
+        assert!(close_1007, "no close 1007 in {got:02x?}");
+        assert_eq!(gw.stats().protocol_closes, 1);
+        assert_drained(&gw);
+    });
+}

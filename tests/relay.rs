@@ -189,3 +189,34 @@ fn a_completed_upgrade_means_online_and_reachable() {
         assert_drained(&gw);
     });
 }
+
+#[test]
+fn kick_frame_always_precedes_the_kick_close() {
+    watchdog(LIMIT, || {
+        let gw = start(|_| {});
+        let addr = gw.local_addr();
+        for round in 0..100 {
+            // Two logins of one user racing; whichever registers second kicks the other, often
+            // while the first one's 101 is still held. The URL's background flag tells them apart.
+            let logins: Vec<_> = [true, false]
+                .into_iter()
+                .map(|bg| {
+                    let q = login_query("u1", 1) + if bg { "&isBackground=true" } else { "" };
+                    std::thread::spawn(move || (bg, Client::connect_query(addr, &q, "u1").unwrap()))
+                })
+                .collect();
+            let mut clients: Vec<(bool, Client)> = logins.into_iter().map(|t| t.join().unwrap()).collect();
+            let online = gw.online("u1");
+            assert_eq!(online.len(), 1, "round {round}");
+            let kicked = clients.iter().position(|(bg, _)| *bg != online[0].background).unwrap();
+            let (_, mut old) = clients.remove(kicked);
+            let kick = old.recv_json(); // panics if the close comes first
+            assert_eq!(kick["reqIdentifier"], 2002, "round {round}: {kick}");
+            let close = old.expect_close().expect("close frame");
+            assert_eq!((close.code, close.reason.as_str()), (CloseCode::Policy, "kicked"), "round {round}");
+            clients.pop().unwrap().1.close();
+        }
+        assert_eq!(gw.stats().kicks, 100);
+        assert_drained(&gw);
+    });
+}

@@ -4,6 +4,7 @@
 //! `run(Args) -> Result<(), Failure>`. Adding one (e.g. `stress`) is a new module, a new
 //! [`Command`] variant and one match arm in [`run`].
 
+mod logging;
 mod serve;
 mod token;
 

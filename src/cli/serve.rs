@@ -4,7 +4,7 @@
 //! `--config` file > `Config::default()`. Defaults are never restated here: the help texts read
 //! them from `Config::default()`.
 
-use std::io::{IsTerminal as _, Write as _};
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -289,7 +289,7 @@ impl Args {
 pub fn run(args: Args) -> Result<(), Failure> {
     let (config, level) = args.resolve()?;
     config.validate()?;
-    init_logging(level);
+    let _log_flush = super::logging::init(level); // flushes queued log lines when run returns
     raise_open_file_limit(config.max_connections);
 
     // Installed before the gateway starts so that an early signal is queued, not fatal.
@@ -331,18 +331,6 @@ fn announce(addr: SocketAddr) {
     let mut out = std::io::stdout().lock();
     if let Err(e) = writeln!(out, "msggate listening on {addr}").and_then(|()| out.flush()) {
         log::warn!("cannot write the listen address to stdout: {e}");
-    }
-}
-
-fn init_logging(level: LevelFilter) {
-    let config = simplelog::ConfigBuilder::new().set_time_format_rfc3339().build();
-    let result = if std::io::stderr().is_terminal() {
-        simplelog::TermLogger::init(level, config, simplelog::TerminalMode::Stderr, simplelog::ColorChoice::Auto)
-    } else {
-        simplelog::WriteLogger::init(level, config, std::io::stderr())
-    };
-    if let Err(e) = result {
-        eprintln!("msggate: warning: cannot initialise logging: {e}");
     }
 }
 

@@ -141,6 +141,10 @@ pub(crate) struct Conn {
     /// In the reactor's dirty list: has queued output to flush.
     dirty: bool,
     after_upgrade: AfterUpgrade,
+    /// After an oversize frame, which leaves tungstenite's reader mid-frame: our close frame
+    /// is out, and input is read raw and discarded until the peer closes or the close deadline
+    /// passes.
+    raw_drain: bool,
     /// Frames for a registered session whose `101` could not be written yet (socket full).
     early: Vec<Utf8Bytes>,
 }
@@ -161,6 +165,7 @@ impl Conn {
             unread: true,
             dirty: false,
             after_upgrade: AfterUpgrade::Serve,
+            raw_drain: false,
             early: Vec::new(),
         }
     }
@@ -299,8 +304,8 @@ impl Conn {
     pub(crate) fn on_notice(&mut self, ctx: &mut Ctx) -> Next {
         let Some(session) = self.session.clone() else { return Keep };
         if let Some(order) = session.close_order() {
-            if self.is_closing() || matches!(self.after_upgrade, AfterUpgrade::Close(..)) {
-                return Keep;
+            if self.is_closing() || matches!(self.after_upgrade, AfterUpgrade::Close(..)) || session.last_pending() {
+                return Keep; // already closing, or the kick frame in the inbox will close it
             }
             let m = &ctx.shared.metrics;
             let (code, reason) = match order {
@@ -332,6 +337,9 @@ impl Conn {
     /// reactor comes back to it on its next turn, so one busy client cannot starve the rest).
     pub(crate) fn read(&mut self, ctx: &mut Ctx) -> Next {
         for _ in 0..super::READ_BATCH {
+            if self.raw_drain {
+                return self.drain_raw();
+            }
             let ws = match &mut self.stage {
                 Stage::Open(ws) | Stage::Closing(ws) => ws,
                 _ => return Keep, // not upgraded yet: the input waits in the socket
@@ -347,11 +355,35 @@ impl Conn {
                     self.unread = false;
                     return self.mark_dirty(ctx);
                 }
-                Err(e) => return self.on_ws_error(ctx, e),
+                // A close may have begun: keep going, the readiness edge is spent.
+                Err(e) => match self.on_ws_error(ctx, e) {
+                    Keep => continue,
+                    end => return end,
+                },
             }
         }
         ctx.ready.push(self.token);
         self.mark_dirty(ctx)
+    }
+
+    /// Reads and discards input until `WouldBlock` (wait for more) or end of stream (done).
+    fn drain_raw(&mut self) -> Next {
+        let Stage::Closing(ws) = &mut self.stage else {
+            return Next::End(End::Bug("raw drain outside closing".into()));
+        };
+        let mut scratch = [0u8; 4096];
+        loop {
+            match std::io::Read::read(ws.get_mut(), &mut scratch) {
+                Ok(0) => return Next::End(End::Closed),
+                Ok(_) => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.unread = false;
+                    return Keep;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return Next::End(End::PeerGone),
+            }
+        }
     }
 
     fn on_message(&mut self, ctx: &mut Ctx, msg: Message) -> Next {
@@ -401,6 +433,9 @@ impl Conn {
                 Next::End(End::PeerGone)
             }
             WsError::Capacity(c) => {
+                // tungstenite keeps the oversize frame's header; reading on through it would
+                // trip its internal assertions, so the rest of the input is discarded raw.
+                self.raw_drain = true;
                 inc(&m.oversize_closes);
                 log_throttled!(log::Level::Info, "{:?}: {c}; closing with 1009", self.session);
                 self.begin_close(ctx, CloseCode::Size, "message too big")
@@ -439,6 +474,14 @@ impl Conn {
                 self.release(ctx)
             }
             _ => Keep,
+        }
+    }
+
+    /// The kick: write its frame, then act on the close order it carries.
+    pub(crate) fn deliver_last(&mut self, ctx: &mut Ctx, frame: Utf8Bytes) -> Next {
+        match self.deliver(ctx, frame) {
+            Keep => self.on_notice(ctx),
+            end => end,
         }
     }
 
@@ -517,7 +560,12 @@ impl Conn {
                     inc(&ctx.shared.metrics.handshake_timeouts);
                     return Next::End(End::HandshakeTimeout);
                 }
-                // Authenticated, but the register role has not inserted it in time.
+                // Authenticated, but the register role has not inserted it in time. Cancel it, so
+                // a late registration can neither insert it nor kick the user's other sessions;
+                // if the role won the race after all, the session is simply let in.
+                if self.session.as_ref().is_some_and(|s| !s.try_cancel()) {
+                    return self.release(ctx);
+                }
                 inc(&ctx.shared.metrics.register_timeouts);
                 log_throttled!(
                     log::Level::Warn,

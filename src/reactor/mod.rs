@@ -139,6 +139,18 @@ fn retry(queue: &Sender<Arc<SessionHandle>>, backlog: &mut VecDeque<Arc<SessionH
     }
 }
 
+/// Names a connection in log lines, formatted only if a line is actually written.
+struct LazyWho<'a>(Option<&'a SessionHandle>);
+
+impl std::fmt::Display for LazyWho<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(s) => write!(f, "{s:?}"),
+            None => f.write_str("handshake"),
+        }
+    }
+}
+
 /// One reactor thread's state.
 pub(crate) struct Reactor {
     poll: Poll,
@@ -147,6 +159,8 @@ pub(crate) struct Reactor {
     handoff: Receiver<TcpStream>,
     inbox: Receiver<Delivery>,
     tick: u64,
+    /// Reused list of connection keys for passes over every connection.
+    keys: Vec<usize>,
 }
 
 impl Reactor {
@@ -178,11 +192,46 @@ impl Reactor {
             handoff: queues.handoff,
             inbox: queues.inbox,
             tick,
+            keys: Vec::new(),
         }
     }
 
-    /// The event loop; returns when the gateway shuts down and every connection is gone.
+    /// Runs the event loop until shutdown, then leaves nothing behind: every connection is
+    /// dropped and unregistered, and the unregister backlog is handed to the role before the
+    /// thread ends. A panic (a bug) is contained here and cleaned up the same way, so the
+    /// registry and gauges stay true even then.
     pub(crate) fn run(mut self) {
+        let id = self.ctx.mailbox.id;
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.event_loop())).is_err() {
+            log::error!("reactor {id} panicked (a bug); dropping its connections and stopping it");
+            inc(&self.ctx.shared.metrics.reactor_panics);
+        }
+        self.ctx.dirty.clear();
+        self.ctx.ready.clear();
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.finish(key, End::Shutdown);
+        }
+        while self.handoff.try_recv().is_ok() {
+            add(&self.ctx.shared.metrics.connections, -1);
+        }
+        // The unregister role is alive (this reactor still holds a sender) and waits on no
+        // reactor, so this drains; the deadline only guards against a bug.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        self.ctx.register_backlog.clear();
+        while !self.ctx.unregister_backlog.is_empty() && Instant::now() < deadline {
+            self.ctx.retry_backlogs();
+            std::thread::yield_now();
+        }
+        if !self.ctx.unregister_backlog.is_empty() {
+            log::error!(
+                "reactor {id}: {} unregister events could not be handed over",
+                self.ctx.unregister_backlog.len()
+            );
+        }
+    }
+
+    fn event_loop(&mut self) {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = self.tick;
         let mut drain_deadline = None;
@@ -224,10 +273,7 @@ impl Reactor {
             self.ctx.dispatcher.retry_deferred();
             if self.ctx.now >= next_tick {
                 next_tick = self.ctx.now + self.tick;
-                let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-                for key in keys {
-                    self.with(key, |conn, ctx| conn.tick(ctx));
-                }
+                self.for_each(|conn, ctx| conn.tick(ctx));
             }
             if self.ctx.shared.shutdown.load(Acquire) {
                 let deadline = *drain_deadline.get_or_insert_with(|| self.begin_shutdown());
@@ -237,10 +283,6 @@ impl Reactor {
                 }
             }
             self.flush_dirty();
-        }
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        for key in keys {
-            self.finish(key, End::Shutdown);
         }
     }
 
@@ -297,17 +339,35 @@ impl Reactor {
                         self.with(token, |c, ctx| c.on_notice(ctx));
                     }
                 }
+                Delivery::Last { token, conn, frame } => {
+                    let Some(c) = self.conns.get_mut(token) else { continue };
+                    if c.conn_id() != Some(conn) {
+                        continue;
+                    }
+                    if let Some(s) = &c.session {
+                        s.last_delivered(frame.len());
+                    }
+                    self.with(token, |c, ctx| c.deliver_last(ctx, frame));
+                }
             }
         }
         !self.inbox.is_empty()
     }
 
+    /// Runs `op` on every connection (keys snapshotted first: `op` may end connections).
+    fn for_each(&mut self, mut op: impl FnMut(&mut Conn, &mut Ctx) -> Next) {
+        let mut keys = std::mem::take(&mut self.keys);
+        keys.clear();
+        keys.extend(self.conns.iter().map(|(k, _)| k));
+        for &key in &keys {
+            self.with(key, &mut op);
+        }
+        self.keys = keys;
+    }
+
     /// Checks every session's flags: the fallback for notices that found the inbox full.
     fn sweep(&mut self) {
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        for key in keys {
-            self.with(key, |c, ctx| c.on_notice(ctx));
-        }
+        self.for_each(|c, ctx| c.on_notice(ctx));
     }
 
     fn flush_dirty(&mut self) {
@@ -318,15 +378,12 @@ impl Reactor {
 
     /// Starts closing every session with 1001; returns the drain deadline.
     fn begin_shutdown(&mut self) -> u64 {
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        for key in keys {
-            self.with(key, |c, ctx| {
-                if c.is_handshaking() {
-                    return Next::End(End::Shutdown);
-                }
-                c.begin_close(ctx, CloseCode::Away, "server shutting down")
-            });
-        }
+        self.for_each(|c, ctx| {
+            if c.is_handshaking() {
+                return Next::End(End::Shutdown);
+            }
+            c.begin_close(ctx, CloseCode::Away, "server shutting down")
+        });
         self.ctx.now + self.ctx.shared.config.shutdown_timeout.as_millis() as u64
     }
 
@@ -335,7 +392,7 @@ impl Reactor {
         let conn = self.conns.remove(key);
         let metrics = &self.ctx.shared.metrics;
         add(&metrics.connections, -1);
-        let who = conn.session.as_ref().map_or_else(|| "handshake".to_owned(), |s| format!("{s:?}"));
+        let who = LazyWho(conn.session.as_deref());
         match &why {
             End::Bug(what) => log_throttled!(log::Level::Error, "{who}: ended by a bug: {what}"),
             End::Io(e) => log::debug!("{who}: socket error: {e}"),
