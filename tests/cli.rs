@@ -2,6 +2,7 @@
 //! tokens, and a graceful SIGTERM. Every child is killed by its guard's `Drop`, and every wait is
 //! bounded, so a misbehaving binary fails a test instead of hanging it.
 
+use crate::util::watchdog;
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -20,6 +21,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_msggate");
 const PATIENCE: Duration = Duration::from_secs(10);
 
 /// A `msggate` command with no `MSGGATE_*` variable inherited from the test runner.
+/// A hang anywhere fails the test; the slowest of these takes about a second.
+const LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn msggate(args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -172,110 +176,125 @@ impl Drop for TempToml {
 
 #[test]
 fn serve_on_port_zero_accepts_an_authenticated_client_and_sigterm_exits_0_quickly() {
-    let mut server = Proc::spawn(&mut msggate(&["serve", "--listen", "127.0.0.1:0", "--secret", "s"]));
-    let addr = server.listen_addr();
-    let token = mint(&["--secret", "s", "--user", "u1", "--platform", "1"]);
+    watchdog(LIMIT, || {
+        let mut server = Proc::spawn(&mut msggate(&["serve", "--listen", "127.0.0.1:0", "--secret", "s"]));
+        let addr = server.listen_addr();
+        let token = mint(&["--secret", "s", "--user", "u1", "--platform", "1"]);
 
-    let stream = TcpStream::connect_timeout(&addr, PATIENCE).expect("connect");
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    stream.set_write_timeout(Some(PATIENCE)).unwrap();
-    let url = format!("ws://{addr}/?token={token}&sendID=u1&platformID=1&operationID=op");
-    let (mut ws, response) = tungstenite::client(url.as_str(), stream).expect("WebSocket upgrade");
-    assert_eq!(response.status().as_u16(), 101);
+        let stream = TcpStream::connect_timeout(&addr, PATIENCE).expect("connect");
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        stream.set_write_timeout(Some(PATIENCE)).unwrap();
+        let url = format!("ws://{addr}/?token={token}&sendID=u1&platformID=1&operationID=op");
+        let (mut ws, response) = tungstenite::client(url.as_str(), stream).expect("WebSocket upgrade");
+        assert_eq!(response.status().as_u16(), 101);
 
-    ws.send(Message::text(r#"{"type":"ping"}"#)).expect("send ping");
-    let reply = loop {
-        match ws.read().expect("read pong") {
-            Message::Text(t) => break t.to_string(),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("expected the pong, got {other:?}"),
-        }
-    };
-    assert_eq!(reply, r#"{"type":"pong"}"#);
+        ws.send(Message::text(r#"{"type":"ping"}"#)).expect("send ping");
+        let reply = loop {
+            match ws.read().expect("read pong") {
+                Message::Text(t) => break t.to_string(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected the pong, got {other:?}"),
+            }
+        };
+        assert_eq!(reply, r#"{"type":"pong"}"#);
 
-    let term_sent = Instant::now();
-    let kill = Command::new("kill").args(["-TERM", &server.pid().to_string()]).status().expect("run kill");
-    assert!(kill.success(), "kill -TERM failed");
+        let term_sent = Instant::now();
+        let kill = Command::new("kill").args(["-TERM", &server.pid().to_string()]).status().expect("run kill");
+        assert!(kill.success(), "kill -TERM failed");
 
-    let close = loop {
-        match ws.read().expect("read the close frame") {
-            Message::Close(frame) => break frame,
-            Message::Ping(_) | Message::Pong(_) | Message::Text(_) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
-    let close = close.expect("close frame carries a code");
-    assert_eq!(close.code, CloseCode::Away, "shutdown closes with 1001: {close:?}");
-    let _ = ws.flush(); // our close reply
-    drop(ws);
+        let close = loop {
+            match ws.read().expect("read the close frame") {
+                Message::Close(frame) => break frame,
+                Message::Ping(_) | Message::Pong(_) | Message::Text(_) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        };
+        let close = close.expect("close frame carries a code");
+        assert_eq!(close.code, CloseCode::Away, "shutdown closes with 1001: {close:?}");
+        let _ = ws.flush(); // our close reply
+        drop(ws);
 
-    let out = server.finish_within(Duration::from_secs(5).saturating_sub(term_sent.elapsed()));
-    let took = term_sent.elapsed();
-    assert_eq!(out.status.code(), Some(0), "stderr:\n{}", out.stderr);
-    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
-    assert!(out.stderr.contains("shut down"), "a summary line on stderr:\n{}", out.stderr);
-    assert!(out.stdout.is_empty(), "only the listen line on stdout: {:?}", out.stdout);
+        let out = server.finish_within(Duration::from_secs(5).saturating_sub(term_sent.elapsed()));
+        let took = term_sent.elapsed();
+        assert_eq!(out.status.code(), Some(0), "stderr:\n{}", out.stderr);
+        assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+        assert!(out.stderr.contains("shut down"), "a summary line on stderr:\n{}", out.stderr);
+        assert!(out.stdout.is_empty(), "only the listen line on stdout: {:?}", out.stdout);
+    });
 }
 
 #[test]
 fn invalid_config_names_the_field_and_exits_2() {
-    expect_config_error(&mut msggate(&["serve", "--listen", "127.0.0.1:0", "--register-queue", "0"]), "register_queue");
-    // A value clap cannot parse is a usage error, also exit 2.
-    expect_config_error(
-        &mut msggate(&["serve", "--listen", "127.0.0.1:0", "--handshake-timeout", "soon"]),
-        "--handshake-timeout",
-    );
+    watchdog(LIMIT, || {
+        expect_config_error(
+            &mut msggate(&["serve", "--listen", "127.0.0.1:0", "--register-queue", "0"]),
+            "register_queue",
+        );
+        // A value clap cannot parse is a usage error, also exit 2.
+        expect_config_error(
+            &mut msggate(&["serve", "--listen", "127.0.0.1:0", "--handshake-timeout", "soon"]),
+            "--handshake-timeout",
+        );
+    });
 }
 
 #[test]
 fn env_and_toml_config_apply_with_flags_winning() {
-    let listen = ["serve", "--listen", "127.0.0.1:0"];
+    watchdog(LIMIT, || {
+        let listen = ["serve", "--listen", "127.0.0.1:0"];
 
-    // The file is read...
-    let zero = TempToml::new("register_queue = 0\n");
-    expect_config_error(msggate(&listen).args(["--config", zero.path()]), "register_queue");
-    // ...also when named by MSGGATE_CONFIG...
-    expect_config_error(msggate(&listen).env("MSGGATE_CONFIG", zero.path()), "register_queue");
-    // ...and the environment beats it.
-    let mut server = Proc::spawn(msggate(&listen).args(["--config", zero.path()]).env("MSGGATE_REGISTER_QUEUE", "5"));
-    server.listen_addr();
-    drop(server);
+        // The file is read...
+        let zero = TempToml::new("register_queue = 0\n");
+        expect_config_error(msggate(&listen).args(["--config", zero.path()]), "register_queue");
+        // ...also when named by MSGGATE_CONFIG...
+        expect_config_error(msggate(&listen).env("MSGGATE_CONFIG", zero.path()), "register_queue");
+        // ...and the environment beats it.
+        let mut server =
+            Proc::spawn(msggate(&listen).args(["--config", zero.path()]).env("MSGGATE_REGISTER_QUEUE", "5"));
+        server.listen_addr();
+        drop(server);
 
-    // The environment is read, and a flag beats it.
-    expect_config_error(msggate(&listen).env("MSGGATE_REGISTER_QUEUE", "0"), "register_queue");
-    let mut server = Proc::spawn(msggate(&listen).args(["--register-queue", "5"]).env("MSGGATE_REGISTER_QUEUE", "0"));
-    server.listen_addr();
-    drop(server);
+        // The environment is read, and a flag beats it.
+        expect_config_error(msggate(&listen).env("MSGGATE_REGISTER_QUEUE", "0"), "register_queue");
+        let mut server =
+            Proc::spawn(msggate(&listen).args(["--register-queue", "5"]).env("MSGGATE_REGISTER_QUEUE", "0"));
+        server.listen_addr();
+        drop(server);
 
-    // Unknown keys are refused by name.
-    let unknown = TempToml::new("register_queue = 8\nregister_queeu = 8\n");
-    expect_config_error(msggate(&listen).args(["--config", unknown.path()]), "register_queeu");
+        // Unknown keys are refused by name.
+        let unknown = TempToml::new("register_queue = 8\nregister_queeu = 8\n");
+        expect_config_error(msggate(&listen).args(["--config", unknown.path()]), "register_queeu");
+    });
 }
 
 #[test]
 fn token_subcommand_mints_a_verifiable_token() {
-    let token = mint(&["--secret", "k", "--user", "u9", "--platform", "5"]);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    let claims = msggate::TokenKey::new(b"k").verify(&token, now).expect("token verifies with the same secret");
-    assert_eq!((claims.user_id.as_str(), claims.platform_id), ("u9", 5));
-    let ttl = claims.exp - now;
-    assert!((24 * 3600 - 60..=24 * 3600 + 60).contains(&ttl), "default ttl is 24h, got {ttl}s");
-    assert!(msggate::TokenKey::new(b"other").verify(&token, now).is_err());
+    watchdog(LIMIT, || {
+        let token = mint(&["--secret", "k", "--user", "u9", "--platform", "5"]);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let claims = msggate::TokenKey::new(b"k").verify(&token, now).expect("token verifies with the same secret");
+        assert_eq!((claims.user_id.as_str(), claims.platform_id), ("u9", 5));
+        let ttl = claims.exp - now;
+        assert!((24 * 3600 - 60..=24 * 3600 + 60).contains(&ttl), "default ttl is 24h, got {ttl}s");
+        assert!(msggate::TokenKey::new(b"other").verify(&token, now).is_err());
 
-    let out = run(&mut msggate(&["token", "--secret", "k", "--user", "u9", "--platform", "12"]));
-    assert!(!out.status.success(), "platform 12 must be refused");
-    assert!(out.stdout.is_empty(), "no token printed: {:?}", out.stdout);
-    assert!(out.stderr.contains("platform") && out.stderr.contains("11"), "a clear message:\n{}", out.stderr);
+        let out = run(&mut msggate(&["token", "--secret", "k", "--user", "u9", "--platform", "12"]));
+        assert!(!out.status.success(), "platform 12 must be refused");
+        assert!(out.stdout.is_empty(), "no token printed: {:?}", out.stdout);
+        assert!(out.stderr.contains("platform") && out.stderr.contains("11"), "a clear message:\n{}", out.stderr);
 
-    // Without a secret: the development secret, with a warning.
-    let out = run(&mut msggate(&["token", "--user", "u9", "--platform", "1"]));
-    assert!(out.status.success(), "{}", out.stderr);
-    assert!(out.stderr.contains("development secret"), "warns about the dev secret:\n{}", out.stderr);
-    let claims = msggate::TokenKey::new(msggate::DEV_SECRET.as_bytes()).verify(out.stdout.trim(), now).unwrap();
-    assert_eq!(claims.user_id, "u9");
+        // Without a secret: the development secret, with a warning.
+        let out = run(&mut msggate(&["token", "--user", "u9", "--platform", "1"]));
+        assert!(out.status.success(), "{}", out.stderr);
+        assert!(out.stderr.contains("development secret"), "warns about the dev secret:\n{}", out.stderr);
+        let claims = msggate::TokenKey::new(msggate::DEV_SECRET.as_bytes()).verify(out.stdout.trim(), now).unwrap();
+        assert_eq!(claims.user_id, "u9");
+    });
 }
 
 #[test]
 fn serve_refuses_non_loopback_without_secret() {
-    expect_config_error(&mut msggate(&["serve", "--listen", "0.0.0.0:0"]), "secret");
+    watchdog(LIMIT, || {
+        expect_config_error(&mut msggate(&["serve", "--listen", "0.0.0.0:0"]), "secret");
+    });
 }

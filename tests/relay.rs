@@ -215,6 +215,8 @@ fn kick_frame_always_precedes_the_kick_close() {
             let close = old.expect_close().expect("close frame");
             assert_eq!((close.code, close.reason.as_str()), (CloseCode::Policy, "kicked"), "round {round}");
             clients.pop().unwrap().1.close();
+            // Otherwise the next round's logins may kick this one while its unregister is in flight.
+            eventually(STEP, "u1 offline before the next round", || gw.online("u1").is_empty());
         }
         assert_eq!(gw.stats().kicks, 100);
         assert_drained(&gw);
