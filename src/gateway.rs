@@ -21,9 +21,9 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::mailbox::Mailbox;
 use crate::metrics::{Metrics, Snapshot};
-use crate::reactor::{Queues, Reactor, Shared};
+use crate::reactor::{Queues, Reactor, RoleSender, Shared};
 use crate::registry::{OnlineSession, Registry};
-use crate::roles::{self, Role, RoleCtx, RoleStats};
+use crate::roles::{self, Role, RoleCtx, RoleStats, Waiters};
 use crate::token::TokenKey;
 
 /// Starts gateways. See [`Gateway::start`].
@@ -132,16 +132,28 @@ impl Gateway {
             let (inbox_tx, inbox_rx) = bounded(config.inbox_queue);
             let (handoff_tx, handoff_rx) = bounded(config.handoff_queue);
             let mailbox = Arc::new(Mailbox::new(id, inbox_tx, waker, config.outbound_budget));
-            let queues = Queues {
-                handoff: handoff_rx,
-                inbox: inbox_rx,
-                register: register_tx.clone(),
-                unregister: unregister_tx.clone(),
-            };
-            reactors.push((poll, mailbox.clone(), queues));
+            reactors.push((poll, mailbox.clone(), handoff_rx, inbox_rx));
             lanes.push(Lane { handoff: handoff_tx, mailbox: mailbox.clone() });
             mailboxes.push(mailbox);
         }
+        let register_waiters = Arc::new(Waiters::new(mailboxes.clone()));
+        let unregister_waiters = Arc::new(Waiters::new(mailboxes.clone()));
+        let reactors: Vec<_> = reactors
+            .into_iter()
+            .map(|(poll, mailbox, handoff, inbox)| {
+                let register = RoleSender {
+                    tx: register_tx.clone(),
+                    waiters: register_waiters.clone(),
+                    full: |m| &m.register_queue_full,
+                };
+                let unregister = RoleSender {
+                    tx: unregister_tx.clone(),
+                    waiters: unregister_waiters.clone(),
+                    full: |m| &m.unregister_queue_full,
+                };
+                (poll, mailbox, Queues { handoff, inbox, register, unregister })
+            })
+            .collect();
         drop((register_tx, unregister_tx)); // the reactors hold the only senders now
 
         let inner = Inner {
@@ -176,12 +188,12 @@ impl Gateway {
             spawn(format!("msggate-{port}-reactor-{id}"), Box::new(run))?;
         }
         let role_ctx = Arc::new(RoleCtx { registry, metrics, policy: config.multi_login_policy });
-        for (role, queue, stats, suffix) in [
-            (Role::Register, register_rx, &role_stats[0], "register"),
-            (Role::Unregister, unregister_rx, &role_stats[1], "unregister"),
+        for (role, queue, waiters, stats, suffix) in [
+            (Role::Register, register_rx, register_waiters, &role_stats[0], "register"),
+            (Role::Unregister, unregister_rx, unregister_waiters, &role_stats[1], "unregister"),
         ] {
             let name = format!("msggate-{port}-{suffix}");
-            let handle = roles::spawn(role, role_ctx.clone(), queue, stats.clone(), name.clone())?;
+            let handle = roles::spawn(role, role_ctx.clone(), queue, waiters, stats.clone(), name.clone())?;
             inner.threads.lock().push((name, handle));
         }
 

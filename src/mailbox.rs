@@ -57,6 +57,11 @@ impl Mailbox {
         self.woken.store(false, Release);
     }
 
+    #[cfg(test)]
+    pub(crate) fn is_woken(&self) -> bool {
+        self.woken.load(Acquire)
+    }
+
     /// Whether a notice could not be queued since the last call: the reactor must then check
     /// every session's flags itself.
     pub(crate) fn take_sweep(&self) -> bool {

@@ -6,7 +6,7 @@
 //! never into the other role's queue: kicking needs no round trip through the unregister queue,
 //! because the registry edit that removes the kicked session happens right here.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -14,7 +14,7 @@ use crossbeam_channel::Receiver;
 use tungstenite::Utf8Bytes;
 
 use crate::error::{Error, Result};
-use crate::mailbox::{CloseOrder, SessionHandle};
+use crate::mailbox::{CloseOrder, Mailbox, SessionHandle};
 use crate::metrics::{inc, Metrics};
 use crate::policy::MultiLoginPolicy;
 use crate::protocol;
@@ -24,6 +24,46 @@ use crate::registry::Registry;
 #[derive(Debug, Default)]
 pub(crate) struct RoleStats {
     pub(crate) handled: AtomicU64,
+}
+
+/// Reactors waiting for room in one role's queue, and the way to wake them.
+///
+/// A reactor that finds the queue full flags itself here (and then tries once more, so a slot
+/// freed in between is not missed); the role thread wakes every flagged reactor after each
+/// event it takes. A wake is an atomic swap and at most one eventfd write: it never blocks, so
+/// this adds no edge to the waits-for graph. It only turns "retry on the next 1 ms poll
+/// timeout" into "retry as soon as there is room", which matters at capacity 1.
+pub(crate) struct Waiters {
+    waiting: Box<[AtomicBool]>,
+    any: AtomicBool,
+    mailboxes: Vec<Arc<Mailbox>>,
+}
+
+impl Waiters {
+    pub(crate) fn new(mailboxes: Vec<Arc<Mailbox>>) -> Waiters {
+        Waiters {
+            waiting: mailboxes.iter().map(|_| AtomicBool::new(false)).collect(),
+            any: AtomicBool::new(false),
+            mailboxes,
+        }
+    }
+
+    /// Reactor `id` found the queue full.
+    pub(crate) fn wait(&self, id: usize) {
+        self.waiting[id].store(true, Release);
+        self.any.store(true, Release);
+    }
+
+    /// Role: a slot was freed; wake whoever waits for one.
+    pub(crate) fn wake_waiting(&self) {
+        if self.any.swap(false, AcqRel) {
+            for (flag, mailbox) in self.waiting.iter().zip(&self.mailboxes) {
+                if flag.swap(false, AcqRel) {
+                    mailbox.wake();
+                }
+            }
+        }
+    }
 }
 
 /// What both roles need.
@@ -45,6 +85,7 @@ pub(crate) fn spawn(
     role: Role,
     ctx: Arc<RoleCtx>,
     queue: Receiver<Arc<SessionHandle>>,
+    waiters: Arc<Waiters>,
     stats: Arc<RoleStats>,
     name: String,
 ) -> Result<JoinHandle<()>> {
@@ -52,6 +93,7 @@ pub(crate) fn spawn(
         .name(name)
         .spawn(move || {
             for session in queue.iter() {
+                waiters.wake_waiting();
                 match role {
                     Role::Register => register(&ctx, &session),
                     Role::Unregister => unregister(&ctx, &session),
@@ -142,6 +184,21 @@ mod tests {
             .collect();
         assert_eq!(kinds, ["notice 1", "last 1 {\"reqIdentifier\":2002", "notice 2"]);
         assert_eq!(ctx.metrics.snapshot().kicks, 1);
+    }
+
+    #[test]
+    fn waiters_wake_each_flagged_reactor_once() {
+        let (a, _ra, _pa) = mailbox(4, 1000);
+        let (b, _rb, _pb) = mailbox(4, 1000);
+        let w = Waiters::new(vec![a.clone(), b.clone()]);
+        w.wake_waiting(); // nobody waits: nothing happens
+        assert!(!a.is_woken() && !b.is_woken());
+        w.wait(1);
+        w.wake_waiting();
+        assert!(!a.is_woken() && b.is_woken());
+        b.rearm();
+        w.wake_waiting(); // the flag was consumed
+        assert!(!b.is_woken());
     }
 
     #[test]

@@ -26,6 +26,7 @@ use crate::dispatch::Dispatcher;
 use crate::mailbox::{Delivery, Mailbox, SessionHandle};
 use crate::metrics::{add, inc, Metrics};
 use crate::registry::Registry;
+use crate::roles::Waiters;
 use crate::throttle::log_throttled;
 use crate::token::TokenKey;
 use conn::{Conn, End, Next};
@@ -36,8 +37,11 @@ pub(crate) const WAKE: Token = Token(usize::MAX);
 const READ_BATCH: usize = 64;
 /// Inbox deliveries handled per turn before sockets get another look.
 const INBOX_BATCH: usize = 8192;
-/// Poll timeout while a backlog waits for room in a role queue.
-const BACKLOG_RETRY: Duration = Duration::from_millis(1);
+/// Poll timeout while frames wait for room in another reactor's inbox.
+const DEFERRED_RETRY: Duration = Duration::from_millis(1);
+/// Poll timeout while a role backlog waits: only a safety net, since the role wakes the
+/// reactor as soon as it frees a slot.
+const BACKLOG_RETRY: Duration = Duration::from_millis(10);
 
 /// State shared by every thread of one gateway.
 pub(crate) struct Shared {
@@ -56,8 +60,16 @@ pub(crate) struct Shared {
 pub(crate) struct Queues {
     pub(crate) handoff: Receiver<TcpStream>,
     pub(crate) inbox: Receiver<Delivery>,
-    pub(crate) register: Sender<Arc<SessionHandle>>,
-    pub(crate) unregister: Sender<Arc<SessionHandle>>,
+    pub(crate) register: RoleSender,
+    pub(crate) unregister: RoleSender,
+}
+
+/// A reactor's end of a role queue: the sender, and the role's waiters to sign up with when
+/// the queue is full.
+pub(crate) struct RoleSender {
+    pub(crate) tx: Sender<Arc<SessionHandle>>,
+    pub(crate) waiters: Arc<Waiters>,
+    pub(crate) full: fn(&Metrics) -> &AtomicU64,
 }
 
 /// Everything a connection may use while the reactor holds it mutably.
@@ -68,8 +80,8 @@ pub(crate) struct Ctx {
     /// Milliseconds since the reactor started, updated once per turn.
     pub(crate) now: u64,
     epoch: Instant,
-    register: Sender<Arc<SessionHandle>>,
-    unregister: Sender<Arc<SessionHandle>>,
+    register: RoleSender,
+    unregister: RoleSender,
     register_backlog: VecDeque<Arc<SessionHandle>>,
     unregister_backlog: VecDeque<Arc<SessionHandle>>,
     /// Connections with output queued this turn.
@@ -80,23 +92,21 @@ pub(crate) struct Ctx {
 
 impl Ctx {
     /// Sends a register event; a full queue keeps it (and every later one, in order) in the
-    /// backlog, retried each turn. Never dropped, never blocking.
+    /// backlog, retried as soon as the role frees a slot. Never dropped, never blocking.
     pub(crate) fn register(&mut self, session: Arc<SessionHandle>) {
-        send_or_keep(&self.register, &mut self.register_backlog, session, &self.shared.metrics.register_queue_full);
+        let id = self.mailbox.id;
+        self.register.send_or_keep(&mut self.register_backlog, session, id, &self.shared.metrics);
     }
 
     fn unregister(&mut self, session: Arc<SessionHandle>) {
-        send_or_keep(
-            &self.unregister,
-            &mut self.unregister_backlog,
-            session,
-            &self.shared.metrics.unregister_queue_full,
-        );
+        let id = self.mailbox.id;
+        self.unregister.send_or_keep(&mut self.unregister_backlog, session, id, &self.shared.metrics);
     }
 
     fn retry_backlogs(&mut self) {
-        retry(&self.register, &mut self.register_backlog);
-        retry(&self.unregister, &mut self.unregister_backlog);
+        let id = self.mailbox.id;
+        self.register.retry(&mut self.register_backlog, id);
+        self.unregister.retry(&mut self.unregister_backlog, id);
     }
 
     fn backlog_len(&self) -> usize {
@@ -104,37 +114,49 @@ impl Ctx {
     }
 }
 
-fn send_or_keep(
-    queue: &Sender<Arc<SessionHandle>>,
-    backlog: &mut VecDeque<Arc<SessionHandle>>,
-    session: Arc<SessionHandle>,
-    full: &AtomicU64,
-) {
-    if !backlog.is_empty() {
-        backlog.push_back(session); // keep events in order behind the ones already waiting
-        return;
-    }
-    match queue.try_send(session) {
-        Ok(()) => {}
-        Err(TrySendError::Full(session)) => {
-            inc(full);
-            backlog.push_back(session);
+impl RoleSender {
+    fn send_or_keep(
+        &self,
+        backlog: &mut VecDeque<Arc<SessionHandle>>,
+        session: Arc<SessionHandle>,
+        id: usize,
+        m: &Metrics,
+    ) {
+        if !backlog.is_empty() {
+            backlog.push_back(session); // keep events in order behind the ones already waiting
+            return;
         }
-        Err(TrySendError::Disconnected(session)) => {
-            log::error!("{session:?}: role queue disconnected while the reactor runs (bug)");
-        }
-    }
-}
-
-fn retry(queue: &Sender<Arc<SessionHandle>>, backlog: &mut VecDeque<Arc<SessionHandle>>) {
-    while let Some(session) = backlog.pop_front() {
-        match queue.try_send(session) {
+        match self.tx.try_send(session) {
             Ok(()) => {}
             Err(TrySendError::Full(session)) => {
-                backlog.push_front(session);
-                return;
+                inc((self.full)(m));
+                backlog.push_back(session);
+                self.retry(backlog, id);
             }
-            Err(TrySendError::Disconnected(_)) => return,
+            Err(TrySendError::Disconnected(session)) => {
+                log::error!("{session:?}: role queue disconnected while the reactor runs (bug)");
+            }
+        }
+    }
+
+    /// Hands over as much of `backlog` as the queue takes. When it is full, signs up to be
+    /// woken when the role frees a slot, then tries once more: a slot freed between the two is
+    /// not missed.
+    fn retry(&self, backlog: &mut VecDeque<Arc<SessionHandle>>, id: usize) {
+        let mut signed_up = false;
+        while let Some(session) = backlog.pop_front() {
+            match self.tx.try_send(session) {
+                Ok(()) => {}
+                Err(TrySendError::Full(session)) => {
+                    backlog.push_front(session);
+                    if signed_up {
+                        return;
+                    }
+                    self.waiters.wait(id);
+                    signed_up = true;
+                }
+                Err(TrySendError::Disconnected(_)) => return,
+            }
         }
     }
 }
@@ -239,7 +261,9 @@ impl Reactor {
         loop {
             let timeout = if !self.ctx.ready.is_empty() || inbox_more {
                 Duration::ZERO
-            } else if self.ctx.backlog_len() > 0 || self.ctx.dispatcher.deferred_len() > 0 {
+            } else if self.ctx.dispatcher.deferred_len() > 0 {
+                DEFERRED_RETRY
+            } else if self.ctx.backlog_len() > 0 {
                 BACKLOG_RETRY
             } else {
                 Duration::from_millis(next_tick.saturating_sub(self.ctx.now))
