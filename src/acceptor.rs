@@ -58,8 +58,8 @@ impl Acceptor {
             let timeout = if self.pending.is_empty() { backoff } else { Some(BACKLOG_RETRY) };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != ErrorKind::Interrupted {
-                    log::error!("acceptor: poll failed: {e}");
-                    return;
+                    log::error!("acceptor: poll failed: {e}; no longer accepting");
+                    break;
                 }
             }
             backoff = None;
@@ -91,7 +91,8 @@ impl Acceptor {
         }
         // Sockets still waiting for a reactor: refused, and the gauge kept true.
         while let Some((stream, _)) = self.pending.pop_front() {
-            self.refuse_busy(stream, "the gateway is shutting down");
+            add(&self.shared.metrics.connections, -1);
+            refuse(stream, "the gateway is shutting down");
         }
         log::debug!("acceptor: stopped accepting");
     }

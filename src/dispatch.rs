@@ -94,6 +94,13 @@ impl Dispatcher {
         }
     }
 
+    /// Drops every deferred frame, releasing the budget it holds on its session (reactor exit).
+    pub(crate) fn abandon_deferred(&mut self) {
+        for (target, frame) in self.deferred.drain(..).flatten() {
+            target.dequeued(frame.len());
+        }
+    }
+
     /// Frames waiting for room in some reactor's inbox.
     pub(crate) fn deferred_len(&self) -> usize {
         self.deferred.iter().map(VecDeque::len).sum()

@@ -110,6 +110,7 @@ impl Gateway {
             registry: registry.clone(),
             metrics: metrics.clone(),
             shutdown: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
             boot_id: format!("{boot_ms:x}"),
             config,
@@ -268,14 +269,21 @@ impl Inner {
         if let Err(e) = self.acceptor_waker.wake() {
             log::error!("cannot wake the acceptor: {e}");
         }
-        for mailbox in &self.mailboxes {
-            mailbox.wake();
-        }
-        for (name, handle) in self.threads.lock().drain(..) {
+        let join = |(name, handle): (String, JoinHandle<()>)| {
             if handle.join().is_err() {
                 log::error!("thread {name} panicked");
             }
+        };
+        let mut threads = self.threads.lock();
+        let mut threads = threads.drain(..);
+        // The acceptor first (it is spawned first): once it is gone no socket can reach a
+        // reactor, so the reactors' last look at their hand-off queues finds everything.
+        threads.next().into_iter().for_each(join);
+        self.shared.draining.store(true, Release);
+        for mailbox in &self.mailboxes {
+            mailbox.wake();
         }
+        threads.for_each(join);
         let s = ShutdownSummary {
             sessions_closed: sessions,
             elapsed: started.elapsed(),

@@ -221,7 +221,10 @@ impl SessionHandle {
         // Set before the order becomes visible, so a sweep leaves the close to the item.
         self.flags.fetch_or(LAST_PENDING, AcqRel);
         if self.order.compare_exchange(0, order as u8, AcqRel, Acquire).is_err() {
+            // Someone ordered it closed first. A reactor that looked while our flag was up left
+            // that order to us, so hand it back: notify, and the reactor acts on it.
             self.flags.fetch_and(!LAST_PENDING, AcqRel);
+            self.notify();
             return Err(NotDelivered::Closing);
         }
         self.queued.fetch_add(frame.len(), AcqRel);
@@ -438,6 +441,17 @@ pub(crate) mod tests {
         h.last_delivered(4);
         assert!(!h.last_pending());
         assert_eq!(h.push_last(&Utf8Bytes::from("again"), CloseOrder::Kicked), Err(NotDelivered::Closing));
+    }
+
+    #[test]
+    fn push_last_after_another_order_still_notifies_the_reactor() {
+        let (mb, rx, _poll) = mailbox(8, 1000);
+        let h = handle("u", Platform::Ios, 1, &mb);
+        h.order_close(CloseOrder::SlowConsumer);
+        let _ = rx.try_recv(); // the reactor took that notice while LAST_PENDING was up, say
+        assert_eq!(h.push_last(&Utf8Bytes::from("kick"), CloseOrder::Kicked), Err(NotDelivered::Closing));
+        assert!(!h.last_pending());
+        assert!(matches!(rx.try_recv(), Ok(Delivery::Notice { .. })), "the slow-consumer order is not lost");
     }
 
     #[test]

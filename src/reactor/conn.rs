@@ -272,7 +272,10 @@ impl Conn {
         self.last_ping = ctx.now;
         match verdict.borrow_mut().take() {
             Some(Ok(id)) => {
-                inc(&ctx.shared.metrics.handshakes_ok);
+                let session = self.session.clone();
+                if session.as_ref().is_some_and(|s| !s.has_ended()) {
+                    inc(&ctx.shared.metrics.handshakes_ok); // not for a login cancelled at its deadline
+                }
                 if id.msg_resp {
                     if let Next::End(e) = self.write(ctx, Message::text(protocol::status_json(protocol::codes::OK, "")))
                     {
@@ -284,9 +287,16 @@ impl Conn {
                         return Next::End(e);
                     }
                 }
-                match self.after_upgrade {
-                    AfterUpgrade::Close(code, reason) => self.begin_close(ctx, code, reason),
-                    AfterUpgrade::Serve => self.read(ctx),
+                match (&self.after_upgrade, session.as_ref().and_then(|s| s.close_order().map(|o| (s, o)))) {
+                    (AfterUpgrade::Close(code, reason), _) => self.begin_close(ctx, *code, reason),
+                    // Ordered closed while the 101 was held: never serve it. A kick still in the
+                    // inbox closes it when it arrives (after its 2002); any other order closes now.
+                    (AfterUpgrade::Serve, Some((s, _))) if s.last_pending() => Keep,
+                    (AfterUpgrade::Serve, Some((s, order))) => {
+                        let (code, reason) = close_for(order, s, ctx);
+                        self.begin_close(ctx, code, reason)
+                    }
+                    (AfterUpgrade::Serve, None) => self.read(ctx),
                 }
             }
             Some(Err(rejection)) => {
@@ -307,20 +317,7 @@ impl Conn {
             if self.is_closing() || matches!(self.after_upgrade, AfterUpgrade::Close(..)) || session.last_pending() {
                 return Keep; // already closing, or the kick frame in the inbox will close it
             }
-            let m = &ctx.shared.metrics;
-            let (code, reason) = match order {
-                CloseOrder::Kicked => (CloseCode::Policy, "kicked"),
-                CloseOrder::SlowConsumer => {
-                    inc(&m.slow_consumer_closes);
-                    log_throttled!(log::Level::Info, "{session:?}: slow consumer, closing");
-                    (CloseCode::Policy, "slow consumer")
-                }
-                CloseOrder::Overloaded => {
-                    inc(&m.overload_closes);
-                    log_throttled!(log::Level::Warn, "{session:?}: its reactor inbox was full, closing with 1013");
-                    (CloseCode::Again, "server overloaded, try again later")
-                }
-            };
+            let (code, reason) = close_for(order, &session, ctx);
             if let Stage::Handshake(..) = self.stage {
                 self.after_upgrade = AfterUpgrade::Close(code, reason);
                 return self.release(ctx);
@@ -338,7 +335,7 @@ impl Conn {
     pub(crate) fn read(&mut self, ctx: &mut Ctx) -> Next {
         for _ in 0..super::READ_BATCH {
             if self.raw_drain {
-                return self.drain_raw();
+                return self.drain_raw(ctx);
             }
             let ws = match &mut self.stage {
                 Stage::Open(ws) | Stage::Closing(ws) => ws,
@@ -366,13 +363,14 @@ impl Conn {
         self.mark_dirty(ctx)
     }
 
-    /// Reads and discards input until `WouldBlock` (wait for more) or end of stream (done).
-    fn drain_raw(&mut self) -> Next {
+    /// Reads and discards input until `WouldBlock` (wait for more) or end of stream (done), at
+    /// most a batch per turn so a flood cannot hog the reactor.
+    fn drain_raw(&mut self, ctx: &mut Ctx) -> Next {
         let Stage::Closing(ws) = &mut self.stage else {
             return Next::End(End::Bug("raw drain outside closing".into()));
         };
         let mut scratch = [0u8; 4096];
-        loop {
+        for _ in 0..super::READ_BATCH {
             match std::io::Read::read(ws.get_mut(), &mut scratch) {
                 Ok(0) => return Next::End(End::Closed),
                 Ok(_) => continue,
@@ -384,6 +382,8 @@ impl Conn {
                 Err(_) => return Next::End(End::PeerGone),
             }
         }
+        ctx.ready.push(self.token);
+        Keep
     }
 
     fn on_message(&mut self, ctx: &mut Ctx, msg: Message) -> Next {
@@ -557,7 +557,10 @@ impl Conn {
         match &mut self.stage {
             Stage::Handshake(mid, _) if now >= self.deadline => {
                 if self.session.is_none() || !mid.get_ref().get_ref().is_held() {
-                    inc(&ctx.shared.metrics.handshake_timeouts);
+                    // A cancelled login was counted as a registration timeout already.
+                    if !self.session.as_ref().is_some_and(|s| s.has_ended()) {
+                        inc(&ctx.shared.metrics.handshake_timeouts);
+                    }
                     return Next::End(End::HandshakeTimeout);
                 }
                 // Authenticated, but the register role has not inserted it in time. Cancel it, so
@@ -587,6 +590,24 @@ impl Conn {
             }
             Stage::Closing(_) if now >= self.deadline => Next::End(End::CloseTimeout),
             _ => Keep,
+        }
+    }
+}
+
+/// The close code and reason for a close order, counted once.
+fn close_for(order: CloseOrder, session: &SessionHandle, ctx: &Ctx) -> (CloseCode, &'static str) {
+    let m = &ctx.shared.metrics;
+    match order {
+        CloseOrder::Kicked => (CloseCode::Policy, "kicked"),
+        CloseOrder::SlowConsumer => {
+            inc(&m.slow_consumer_closes);
+            log_throttled!(log::Level::Info, "{session:?}: slow consumer, closing");
+            (CloseCode::Policy, "slow consumer")
+        }
+        CloseOrder::Overloaded => {
+            inc(&m.overload_closes);
+            log_throttled!(log::Level::Warn, "{session:?}: its reactor inbox was full, closing with 1013");
+            (CloseCode::Again, "server overloaded, try again later")
         }
     }
 }

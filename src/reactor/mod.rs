@@ -50,7 +50,11 @@ pub(crate) struct Shared {
     pub(crate) ws_config: WebSocketConfig,
     pub(crate) registry: Arc<Registry>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Set first: the acceptor stops.
     pub(crate) shutdown: AtomicBool,
+    /// Set once the acceptor has been joined: reactors close their sessions and exit. No
+    /// socket can be handed to a reactor after this, so none is left in a hand-off queue.
+    pub(crate) draining: AtomicBool,
     pub(crate) next_conn: AtomicU64,
     /// Prefix of `serverMsgID`s: the gateway's start time, so ids stay unique across restarts.
     pub(crate) boot_id: String,
@@ -237,6 +241,8 @@ impl Reactor {
         while self.handoff.try_recv().is_ok() {
             add(&self.ctx.shared.metrics.connections, -1);
         }
+        // Frames this reactor deferred for other reactors' sessions: release their budget.
+        self.ctx.dispatcher.abandon_deferred();
         // The unregister role is alive (this reactor still holds a sender) and waits on no
         // reactor, so this drains; the deadline only guards against a bug.
         let deadline = Instant::now() + Duration::from_secs(2);
@@ -299,7 +305,7 @@ impl Reactor {
                 next_tick = self.ctx.now + self.tick;
                 self.for_each(|conn, ctx| conn.tick(ctx));
             }
-            if self.ctx.shared.shutdown.load(Acquire) {
+            if self.ctx.shared.draining.load(Acquire) {
                 let deadline = *drain_deadline.get_or_insert_with(|| self.begin_shutdown());
                 if self.conns.is_empty() || self.ctx.now >= deadline {
                     self.flush_dirty();
@@ -325,7 +331,7 @@ impl Reactor {
     fn accept_handoffs(&mut self) {
         while let Ok(mut stream) = self.handoff.try_recv() {
             let metrics = &self.ctx.shared.metrics;
-            if self.ctx.shared.shutdown.load(Acquire) {
+            if self.ctx.shared.draining.load(Acquire) {
                 add(&metrics.connections, -1);
                 continue;
             }
