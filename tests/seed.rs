@@ -69,6 +69,11 @@ fn seed_scenario_churn_with_kicks_at_queue_capacity_1_never_wedges() {
         for w in workers {
             w.join().expect("a user loop failed");
         }
+        // Presence must follow promptly: a role that frees a slot wakes the reactors waiting
+        // for one, so the unregister backlogs drain at the role's pace, not a poll timeout's.
+        eventually(Duration::from_secs(2), "every user offline right after the last one left", || {
+            gw.registry_len() == 0
+        });
         assert_drained(&gw);
         let s = gw.stats();
         let cycles = cycles.load(Relaxed);
