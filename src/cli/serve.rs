@@ -59,7 +59,7 @@ pub struct Args {
     #[arg(long, value_name = "N", env = "MSGGATE_UNREGISTER_QUEUE")]
     unregister_queue: Option<usize>,
 
-    /// Capacity of each reactor's queue of accepted sockets; when full, upgrades get HTTP 503.
+    /// Capacity of each reactor's queue of accepted sockets; when every reactor's is full, sockets wait in a bounded accept backlog, then get HTTP 503.
     #[arg(long, value_name = "N", env = "MSGGATE_HANDOFF_QUEUE")]
     handoff_queue: Option<usize>,
 
@@ -80,7 +80,7 @@ pub struct Args {
     #[arg(long, value_name = "N", env = "MSGGATE_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
 
-    /// Time a socket has to complete the WebSocket upgrade.
+    /// Time a socket has to complete the WebSocket upgrade and be registered.
     #[arg(long, value_name = "DUR", env = "MSGGATE_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration)]
     handshake_timeout: Option<Duration>,
 
