@@ -59,6 +59,10 @@ pub struct Config {
     pub read_buffer_size: usize,
     /// On shutdown, how long sessions get to finish their close handshake. Default 2 s.
     pub shutdown_timeout: Duration,
+    /// Testing only: the register role pauses this long before each event, to stand in for a
+    /// slow or overloaded role. Zero (the default) in any real deployment.
+    #[doc(hidden)]
+    pub register_delay: Duration,
 }
 
 impl Default for Config {
@@ -81,6 +85,7 @@ impl Default for Config {
             outbound_budget: 256 * 1024,
             read_buffer_size: 1024,
             shutdown_timeout: Duration::from_secs(2),
+            register_delay: Duration::ZERO,
         }
     }
 }

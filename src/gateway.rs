@@ -188,7 +188,12 @@ impl Gateway {
             let run = move || Reactor::new(poll, shared, mailbox, queues).run();
             spawn(format!("msggate-{port}-reactor-{id}"), Box::new(run))?;
         }
-        let role_ctx = Arc::new(RoleCtx { registry, metrics, policy: config.multi_login_policy });
+        let role_ctx = Arc::new(RoleCtx {
+            registry,
+            metrics,
+            policy: config.multi_login_policy,
+            register_delay: config.register_delay,
+        });
         for (role, queue, waiters, stats, suffix) in [
             (Role::Register, register_rx, register_waiters, &role_stats[0], "register"),
             (Role::Unregister, unregister_rx, unregister_waiters, &role_stats[1], "unregister"),

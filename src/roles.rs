@@ -71,6 +71,8 @@ pub(crate) struct RoleCtx {
     pub(crate) registry: Arc<Registry>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) policy: MultiLoginPolicy,
+    /// `Config::register_delay` (testing only).
+    pub(crate) register_delay: std::time::Duration,
 }
 
 /// Which role a thread plays.
@@ -95,7 +97,12 @@ pub(crate) fn spawn(
             for session in queue.iter() {
                 waiters.wake_waiting();
                 match role {
-                    Role::Register => register(&ctx, &session),
+                    Role::Register => {
+                        if !ctx.register_delay.is_zero() {
+                            std::thread::sleep(ctx.register_delay); // a stand-in for a slow role
+                        }
+                        register(&ctx, &session)
+                    }
                     Role::Unregister => unregister(&ctx, &session),
                 }
                 stats.handled.fetch_add(1, Relaxed);
@@ -160,6 +167,7 @@ mod tests {
             registry: Arc::new(Registry::new(metrics.clone())),
             metrics,
             policy: MultiLoginPolicy::SameTerminalKick,
+            register_delay: std::time::Duration::ZERO,
         }
     }
 

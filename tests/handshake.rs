@@ -140,3 +140,34 @@ fn handshake_deadline_closes_a_slowloris_client() {
         assert_drained(&gw);
     });
 }
+
+#[test]
+fn registration_deadline_refuses_with_1013_and_the_late_registration_inserts_and_kicks_nothing() {
+    watchdog(LIMIT, || {
+        // The register role takes longer per event than a login may wait.
+        let gw = start(|c| {
+            c.handshake_timeout = Duration::from_millis(300);
+            c.register_delay = Duration::from_millis(700);
+        });
+        let addr = gw.local_addr();
+        let logins: Vec<_> = (0..2)
+            .map(|_| std::thread::spawn(move || Client::connect_query(addr, &login_query("u1", 1), "u1")))
+            .collect();
+        let mut clients: Vec<Client> =
+            logins.into_iter().map(|l| l.join().unwrap().expect("the 101 is let out at the deadline")).collect();
+        // The clients stay silent, so both sessions are still open (closing, waiting for our close
+        // reply) when the slow role reaches their events: neither may be inserted late, and the
+        // second login (same user and platform) must not kick the first.
+        eventually(STEP, "the register role handled both events", || gw.role_progress().0 == 2);
+        let s = gw.stats();
+        assert_eq!(s.sessions, 2, "both sessions still open while the role caught up: {s:?}");
+        assert_eq!((s.register_timeouts, s.registered, s.kicks, s.handshakes_ok), (2, 0, 0, 0), "{s:?}");
+        assert!(gw.online("u1").is_empty());
+        for c in &mut clients {
+            let close = c.expect_close().expect("a close frame");
+            assert_eq!(close.code, tungstenite::protocol::frame::coding::CloseCode::Again);
+            assert!(close.reason.contains("registration timed out"), "{}", close.reason);
+        }
+        assert_drained(&gw);
+    });
+}

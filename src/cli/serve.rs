@@ -280,6 +280,7 @@ impl Args {
             outbound_budget: layer(self.outbound_budget, file.outbound_budget, d.outbound_budget),
             read_buffer_size: layer(self.read_buffer_size, file.read_buffer_size, d.read_buffer_size),
             shutdown_timeout: layer(self.shutdown_timeout, file.shutdown_timeout, d.shutdown_timeout),
+            register_delay: d.register_delay, // testing only: not a flag
         };
         let level = layer(self.log_level, file.log_level, LogLevel::DEFAULT).filter();
         Ok((config, level))
