@@ -65,16 +65,13 @@ impl Dispatcher {
                 self.deferred[lane].push_back((target.clone(), frame.clone()));
                 true
             }
-            Err(NotDelivered::Closing) => {
+            // `offer` never answers Busy: a full inbox defers the frame instead.
+            Err(NotDelivered::Closing | NotDelivered::Busy) => {
                 inc(&self.metrics.pushes_dropped_closing);
                 false
             }
             Err(NotDelivered::SlowConsumer) => {
                 inc(&self.metrics.pushes_dropped_slow);
-                false
-            }
-            Err(NotDelivered::Busy) => {
-                inc(&self.metrics.pushes_dropped_busy);
                 false
             }
         }

@@ -249,7 +249,7 @@ impl GatewayHandle {
         (r.handled.load(Relaxed), u.handled.load(Relaxed))
     }
 
-    /// Queue depths right now: (register, unregister backlog is per reactor) reactor inboxes.
+    /// Each reactor's inbox: (frames and notices waiting, capacity).
     pub fn inbox_depths(&self) -> Vec<(usize, usize)> {
         self.inner.mailboxes.iter().map(|m| (m.inbox_len(), m.inbox_capacity())).collect()
     }

@@ -85,8 +85,6 @@ pub(crate) enum CloseOrder {
     Kicked = 1,
     /// Its outbound budget was exceeded: close 1008 "slow consumer".
     SlowConsumer = 2,
-    /// Its reactor's inbox was full when a frame was pushed to it: close 1013.
-    Overloaded = 3,
 }
 
 impl CloseOrder {
@@ -94,7 +92,6 @@ impl CloseOrder {
         match v {
             1 => Some(CloseOrder::Kicked),
             2 => Some(CloseOrder::SlowConsumer),
-            3 => Some(CloseOrder::Overloaded),
             _ => None,
         }
     }
@@ -114,8 +111,8 @@ pub enum NotDelivered {
     Closing,
     /// The session is over its outbound budget; it is being closed as a slow consumer.
     SlowConsumer,
-    /// The session's reactor inbox was full and the caller could not wait; the session is
-    /// being closed with 1013.
+    /// The session's reactor inbox was full for a frame that could not wait (a kick's 2002:
+    /// the close order still stands).
     Busy,
 }
 
@@ -155,24 +152,6 @@ impl SessionHandle {
             flags: AtomicU8::new(0),
             order: AtomicU8::new(0),
             queued: AtomicUsize::new(0),
-        }
-    }
-
-    /// Queues `frame` for this session without blocking, for callers that have no loop to
-    /// retry from (the admin and role threads).
-    ///
-    /// Fallbacks: over budget, the session is ordered closed as a slow consumer; inbox full, it
-    /// is ordered closed with 1013 (a gap in its stream would be a silent loss). Either way the
-    /// caller learns the frame was not delivered.
-    #[allow(dead_code)] // the admin API (push from outside) is its first caller
-    pub(crate) fn push(&self, frame: &Utf8Bytes) -> Result<(), NotDelivered> {
-        match self.offer(frame)? {
-            Offer::Queued => Ok(()),
-            Offer::Deferred => {
-                self.queued.fetch_sub(frame.len(), AcqRel);
-                self.order_close(CloseOrder::Overloaded);
-                Err(NotDelivered::Busy)
-            }
         }
     }
 
@@ -365,12 +344,12 @@ pub(crate) mod tests {
         let (mb, rx, _poll) = mailbox(8, 100);
         let h = handle("u", Platform::Ios, 1, &mb);
         let frame = Utf8Bytes::from("0123456789");
-        h.push(&frame).unwrap();
-        h.push(&frame).unwrap();
+        h.offer(&frame).unwrap();
+        h.offer(&frame).unwrap();
         assert_eq!(rx.len(), 2);
         assert!(mb.woken.load(Acquire), "first push wakes");
         mb.rearm();
-        h.push(&frame).unwrap();
+        h.offer(&frame).unwrap();
         assert!(mb.woken.load(Acquire));
     }
 
@@ -379,25 +358,12 @@ pub(crate) mod tests {
         let (mb, rx, _poll) = mailbox(8, 25);
         let h = handle("u", Platform::Ios, 1, &mb);
         let frame = Utf8Bytes::from("0123456789");
-        h.push(&frame).unwrap();
-        h.push(&frame).unwrap();
-        assert_eq!(h.push(&frame), Err(NotDelivered::SlowConsumer));
+        h.offer(&frame).unwrap();
+        h.offer(&frame).unwrap();
+        assert_eq!(h.offer(&frame), Err(NotDelivered::SlowConsumer));
         assert_eq!(h.close_order(), Some(CloseOrder::SlowConsumer));
-        assert_eq!(h.push(&frame), Err(NotDelivered::Closing));
+        assert_eq!(h.offer(&frame), Err(NotDelivered::Closing));
         assert_eq!(rx.len(), 3, "two frames and one notice");
-    }
-
-    #[test]
-    fn full_inbox_orders_an_overload_close_and_sets_the_sweep_flag() {
-        let (mb, rx, _poll) = mailbox(1, 1000);
-        let h = handle("u", Platform::Ios, 1, &mb);
-        let frame = Utf8Bytes::from("x");
-        h.push(&frame).unwrap();
-        assert_eq!(h.push(&frame), Err(NotDelivered::Busy));
-        assert_eq!(h.close_order(), Some(CloseOrder::Overloaded));
-        assert!(mb.take_sweep(), "the notice could not be queued, so the reactor must sweep");
-        assert_eq!(rx.len(), 1);
-        assert_eq!(h.queued.load(Acquire), 1, "the refused frame is not counted against the budget");
     }
 
     #[test]
@@ -458,7 +424,7 @@ pub(crate) mod tests {
     fn push_last_on_a_full_inbox_keeps_the_order_and_falls_back_to_a_sweep() {
         let (mb, rx, _poll) = mailbox(1, 1000);
         let h = handle("u", Platform::Ios, 1, &mb);
-        h.push(&Utf8Bytes::from("fill")).unwrap();
+        h.offer(&Utf8Bytes::from("fill")).unwrap();
         assert_eq!(h.push_last(&Utf8Bytes::from("kick"), CloseOrder::Kicked), Err(NotDelivered::Busy));
         assert_eq!(h.close_order(), Some(CloseOrder::Kicked));
         assert!(!h.last_pending());

@@ -83,14 +83,12 @@ metrics! {
         pushes_dropped_closing,
         /// Pushes not queued because the recipient was over its outbound budget.
         pushes_dropped_slow,
-        /// Pushes from a thread that cannot wait (admin, roles) that found the inbox full.
-        pushes_dropped_busy,
+        /// Kicks whose 2002 frame found the reactor inbox full: the session was closed without it.
+        kick_frames_dropped,
         /// Error responses sent for bad requests (malformed, unknown identifier, wrong sendID).
         request_errors,
         /// Sessions closed as slow consumers (1008).
         slow_consumer_closes,
-        /// Sessions closed with 1013 because their reactor's inbox was full.
-        overload_closes,
         /// Sessions closed for an oversize message (1009).
         oversize_closes,
         /// Sessions closed for a protocol violation (1002) or invalid UTF-8 (1007).

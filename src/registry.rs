@@ -13,7 +13,7 @@ use parking_lot::RwLock;
 
 use crate::mailbox::{ConnId, SessionHandle};
 use crate::metrics::{add, Metrics};
-use crate::policy::{MultiLoginPolicy, Platform};
+use crate::policy::MultiLoginPolicy;
 
 const SHARDS: usize = 64;
 
@@ -129,18 +129,13 @@ impl Registry {
     pub(crate) fn len(&self) -> usize {
         self.shards.iter().map(|s| s.read().values().map(Vec::len).sum::<usize>()).sum()
     }
-
-    /// Platforms `user` is online on.
-    #[allow(dead_code)]
-    pub(crate) fn platforms(&self, user: &str) -> Vec<Platform> {
-        self.online(user).into_iter().filter_map(|s| Platform::from_id(i64::from(s.platform))).collect()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::mailbox::tests::{handle, mailbox};
+    use crate::policy::Platform;
     use MultiLoginPolicy::*;
     use Platform::*;
 
@@ -213,6 +208,6 @@ mod tests {
         r.register(&handle("u", Web, 3, &mb), PcAndOther);
         assert_eq!(r.online("u").len(), 2, "the web login kicked iOS, not Windows");
         assert!(r.register(&handle("u", Linux, 4, &mb), PcAndOther).kicked.is_empty());
-        assert_eq!(r.platforms("u").len(), 3);
+        assert_eq!(r.online("u").len(), 3);
     }
 }

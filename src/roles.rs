@@ -14,7 +14,7 @@ use crossbeam_channel::Receiver;
 use tungstenite::Utf8Bytes;
 
 use crate::error::{Error, Result};
-use crate::mailbox::{CloseOrder, Mailbox, SessionHandle};
+use crate::mailbox::{CloseOrder, Mailbox, NotDelivered, SessionHandle};
 use crate::metrics::{inc, Metrics};
 use crate::policy::MultiLoginPolicy;
 use crate::protocol;
@@ -149,6 +149,9 @@ pub(crate) fn register(ctx: &RoleCtx, session: &Arc<SessionHandle>) {
 fn kick(ctx: &RoleCtx, old: &SessionHandle, frame: &Utf8Bytes) {
     inc(&ctx.metrics.kicks);
     if let Err(why) = old.push_last(frame, CloseOrder::Kicked) {
+        if why == NotDelivered::Busy {
+            inc(&ctx.metrics.kick_frames_dropped);
+        }
         log::debug!("{old:?}: kick frame not queued ({why:?}); closing it without one");
     }
     log::debug!("{old:?} kicked");
@@ -220,5 +223,6 @@ mod tests {
         assert_eq!(rx.len(), 1);
         assert_eq!(old.close_order(), Some(CloseOrder::Kicked), "the close says why, even without the frame");
         assert!(mb.take_sweep(), "the reactor is told to sweep instead");
+        assert_eq!(ctx.metrics.snapshot().kick_frames_dropped, 1);
     }
 }

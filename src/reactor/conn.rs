@@ -604,11 +604,6 @@ fn close_for(order: CloseOrder, session: &SessionHandle, ctx: &Ctx) -> (CloseCod
             log_throttled!(log::Level::Info, "{session:?}: slow consumer, closing");
             (CloseCode::Policy, "slow consumer")
         }
-        CloseOrder::Overloaded => {
-            inc(&m.overload_closes);
-            log_throttled!(log::Level::Warn, "{session:?}: its reactor inbox was full, closing with 1013");
-            (CloseCode::Again, "server overloaded, try again later")
-        }
     }
 }
 
