@@ -49,6 +49,27 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
+/// Descriptors kept free for things other than connections (logs, polls, wakers, threads).
+pub(crate) const RESERVED_FDS: u64 = 64;
+
+/// Why the open-file limit could not be raised.
+#[derive(Debug)]
+pub(crate) struct OpenFileLimit {
+    /// The soft limit left in force, when it could be read.
+    pub(crate) kept: Option<u64>,
+    /// The system's error.
+    pub(crate) why: String,
+}
+
+/// Raises the soft open-file limit to the hard limit (`msggate serve` and `msggate stress` both
+/// do this at start) and returns the limit now in force ([`rlimit::INFINITY`] for none).
+pub(crate) fn raise_open_file_limit() -> Result<u64, OpenFileLimit> {
+    rlimit::increase_nofile_limit(u64::MAX).map_err(|e| OpenFileLimit {
+        kept: rlimit::getrlimit(rlimit::Resource::NOFILE).ok().map(|(soft, _)| soft),
+        why: e.to_string(),
+    })
+}
+
 /// Why the binary exits unsuccessfully. Printed as `msggate: <message>` on stderr.
 #[derive(Debug)]
 pub enum Failure {

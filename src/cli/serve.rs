@@ -15,10 +15,7 @@ use serde::{Deserialize, Deserializer};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use super::Failure;
-
-/// File descriptors kept back from the connection ceiling: listener, pollers, wakers, logs.
-const RESERVED_FDS: u64 = 64;
+use super::{Failure, OpenFileLimit, RESERVED_FDS};
 
 /// Beyond `shutdown_timeout`, how long joining threads may take before the process gives up.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -335,20 +332,18 @@ fn announce(addr: SocketAddr) {
     }
 }
 
-/// Raises the soft open-file limit to the hard limit and reports the connection ceiling it allows.
+/// Raises the open-file limit and reports the connection ceiling it allows.
 fn raise_open_file_limit(max_connections: usize) {
-    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+    let limit = match super::raise_open_file_limit() {
         Ok(limit) => limit,
-        Err(e) => match rlimit::getrlimit(rlimit::Resource::NOFILE) {
-            Ok((soft, _)) => {
-                log::warn!("cannot raise the open-file limit ({e}); staying at {soft}");
-                soft
-            }
-            Err(_) => {
-                log::warn!("cannot raise or read the open-file limit: {e}");
-                return;
-            }
-        },
+        Err(OpenFileLimit { kept: Some(soft), why }) => {
+            log::warn!("cannot raise the open-file limit ({why}); staying at {soft}");
+            soft
+        }
+        Err(OpenFileLimit { kept: None, why }) => {
+            log::warn!("cannot raise or read the open-file limit: {why}");
+            return;
+        }
     };
     if limit == rlimit::INFINITY {
         log::info!("open-file limit: unlimited");
