@@ -22,6 +22,7 @@ use crate::metrics::{add, inc};
 use crate::protocol::{codes, status_json};
 use crate::reactor::{Shared, WAKE};
 use crate::throttle::log_throttled;
+use crate::watchdog::Beacon;
 
 const LISTENER: Token = Token(0);
 /// Poll timeout after the process ran out of descriptors, before accepting again.
@@ -30,6 +31,9 @@ const EMFILE_BACKOFF: Duration = Duration::from_millis(50);
 pub(crate) const ACCEPT_BACKLOG: usize = 4096;
 /// Poll timeout while sockets wait in the acceptor's backlog.
 const BACKLOG_RETRY: Duration = Duration::from_millis(1);
+
+/// What the acceptor tells the watchdog it is doing (indices into this).
+pub(crate) const ACCEPTOR_LABELS: &[&str] = &["polling", "accepting and handing off", "retrying its backlog"];
 
 /// One reactor as the acceptor sees it.
 pub(crate) struct Lane {
@@ -44,6 +48,7 @@ pub(crate) struct Acceptor {
     pub(crate) shared: Arc<Shared>,
     pub(crate) pending: VecDeque<(TcpStream, Instant)>,
     pub(crate) next: usize,
+    pub(crate) beacon: Arc<Beacon>,
 }
 
 impl Acceptor {
@@ -56,6 +61,9 @@ impl Acceptor {
         let mut backoff = None;
         while !self.shared.shutdown.load(Acquire) {
             let timeout = if self.pending.is_empty() { backoff } else { Some(BACKLOG_RETRY) };
+            self.beacon.backlog(self.pending.len());
+            self.beacon.turn();
+            self.beacon.doing(0);
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != ErrorKind::Interrupted {
                     log::error!("acceptor: poll failed: {e}; no longer accepting");
@@ -66,7 +74,9 @@ impl Acceptor {
             if self.shared.shutdown.load(Acquire) {
                 break;
             }
+            self.beacon.doing(2);
             self.retry_pending();
+            self.beacon.doing(1);
             loop {
                 match self.listener.accept() {
                     Ok((stream, peer)) => {

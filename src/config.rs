@@ -59,6 +59,9 @@ pub struct Config {
     pub read_buffer_size: usize,
     /// On shutdown, how long sessions get to finish their close handshake. Default 2 s.
     pub shutdown_timeout: Duration,
+    /// A role thread or reactor with queued work and no progress for this long is reported
+    /// once, at error level, with a dump of every thread (the stall watchdog). Default 5 s.
+    pub stall_after: Duration,
     /// Testing only: the register role pauses this long before each event, to stand in for a
     /// slow or overloaded role. Zero (the default) in any real deployment.
     #[doc(hidden)]
@@ -85,6 +88,7 @@ impl Default for Config {
             outbound_budget: 256 * 1024,
             read_buffer_size: 1024,
             shutdown_timeout: Duration::from_secs(2),
+            stall_after: Duration::from_secs(5),
             register_delay: Duration::ZERO,
         }
     }
@@ -131,6 +135,9 @@ impl Config {
         positive("ping_interval", self.ping_interval)?;
         positive("idle_timeout", self.idle_timeout)?;
         positive("close_timeout", self.close_timeout)?;
+        if self.stall_after < Duration::from_millis(100) {
+            return Err(Error::config("stall_after", format!("must be at least 100ms, got {:?}", self.stall_after)));
+        }
         if self.ping_interval >= self.idle_timeout {
             return Err(Error::config(
                 "ping_interval",
@@ -176,6 +183,7 @@ mod tests {
         assert_eq!(c.max_connections, 100_000);
         assert_eq!(c.handshake_timeout, Duration::from_secs(10));
         assert_eq!((c.ping_interval, c.idle_timeout), (Duration::from_secs(27), Duration::from_secs(30)));
+        assert_eq!(c.stall_after, Duration::from_secs(5));
     }
 
     #[test]
@@ -190,6 +198,7 @@ mod tests {
             ("secret", Config { secret: Some(String::new()), ..Config::default() }),
             ("secret", Config { listen: "0.0.0.0:10001".parse().unwrap(), ..Config::default() }),
             ("outbound_budget", Config { outbound_budget: 10, ..Config::default() }),
+            ("stall_after", Config { stall_after: Duration::ZERO, ..Config::default() }),
         ];
         for (field, config) in cases {
             match config.validate() {

@@ -20,11 +20,12 @@ use crate::acceptor::{self, Acceptor, Lane};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::mailbox::Mailbox;
-use crate::metrics::{Metrics, Snapshot};
-use crate::reactor::{Queues, Reactor, RoleSender, Shared};
+use crate::metrics::{inc, Metrics, Snapshot};
+use crate::reactor::{Queues, Reactor, RoleSender, Shared, REACTOR_LABELS};
 use crate::registry::{OnlineSession, Registry};
-use crate::roles::{self, Role, RoleCtx, RoleStats, Waiters};
+use crate::roles::{self, Role, RoleCtx, Waiters, ROLE_LABELS};
 use crate::token::TokenKey;
+use crate::watchdog::{Beacon, Health, Monitor, QueueDepth, Watchdog, Watched};
 
 /// Starts gateways. See [`Gateway::start`].
 #[derive(Debug)]
@@ -45,7 +46,10 @@ struct Inner {
     /// Joined in this order: acceptor, reactors, roles.
     threads: Mutex<Vec<(String, JoinHandle<()>)>>,
     summary: Mutex<Option<ShutdownSummary>>,
-    role_stats: [Arc<RoleStats>; 2],
+    /// The register and unregister roles' beacons.
+    role_beacons: [Arc<Beacon>; 2],
+    /// Stopped last, so it can still report a shutdown that wedges.
+    watchdog: Mutex<Option<Watchdog>>,
 }
 
 /// What a shutdown did.
@@ -121,8 +125,25 @@ impl Gateway {
         let acceptor_waker = acceptor::waker(&acceptor_poll).map_err(Error::io("creating the acceptor's waker"))?;
         let (register_tx, register_rx) = bounded(config.register_queue);
         let (unregister_tx, unregister_rx) = bounded(config.unregister_queue);
-        let role_stats = [Arc::new(RoleStats::default()), Arc::new(RoleStats::default())];
+        let role_beacons = [Arc::new(Beacon::new(ROLE_LABELS)), Arc::new(Beacon::new(ROLE_LABELS))];
         let port = local_addr.port();
+        let name = |what: &str| format!("msggate-{port}-{what}");
+        let mut watched = Vec::new();
+        let acceptor_beacon = Arc::new(Beacon::new(acceptor::ACCEPTOR_LABELS));
+        let m = metrics.clone();
+        watched.push(
+            Watched::new(name("acceptor"), acceptor_beacon.clone(), QueueDepth::default)
+                .fallbacks(move || m.handoff_queue_full.load(Relaxed)),
+        );
+        for (beacon, queue, full, what) in [
+            (&role_beacons[0], &register_rx, (|m| &m.register_queue_full) as fn(&Metrics) -> &AtomicU64, "register"),
+            (&role_beacons[1], &unregister_rx, |m| &m.unregister_queue_full, "unregister"),
+        ] {
+            let (q, m) = (queue.clone(), metrics.clone());
+            watched.push(
+                Watched::new(name(what), beacon.clone(), move || depth(&q)).fallbacks(move || full(&m).load(Relaxed)),
+            );
+        }
 
         let mut reactors = Vec::new();
         let mut mailboxes = Vec::new();
@@ -133,7 +154,17 @@ impl Gateway {
             let (inbox_tx, inbox_rx) = bounded(config.inbox_queue);
             let (handoff_tx, handoff_rx) = bounded(config.handoff_queue);
             let mailbox = Arc::new(Mailbox::new(id, inbox_tx, waker, config.outbound_budget));
-            reactors.push((poll, mailbox.clone(), handoff_rx, inbox_rx));
+            let beacon = Arc::new(Beacon::new(REACTOR_LABELS));
+            let (h, m) = (handoff_rx.clone(), mailbox.clone());
+            let queue = move || {
+                let handoff = depth(&h);
+                QueueDepth { len: m.inbox_len() + handoff.len, capacity: m.inbox_capacity() + handoff.capacity }
+            };
+            let m = mailbox.clone();
+            watched.push(
+                Watched::new(name(&format!("reactor-{id}")), beacon.clone(), queue).fallbacks(move || m.inbox_full()),
+            );
+            reactors.push((poll, mailbox.clone(), handoff_rx, inbox_rx, beacon));
             lanes.push(Lane { handoff: handoff_tx, mailbox: mailbox.clone() });
             mailboxes.push(mailbox);
         }
@@ -141,7 +172,7 @@ impl Gateway {
         let unregister_waiters = Arc::new(Waiters::new(mailboxes.clone()));
         let reactors: Vec<_> = reactors
             .into_iter()
-            .map(|(poll, mailbox, handoff, inbox)| {
+            .map(|(poll, mailbox, handoff, inbox, beacon)| {
                 let register = RoleSender {
                     tx: register_tx.clone(),
                     waiters: register_waiters.clone(),
@@ -152,7 +183,7 @@ impl Gateway {
                     waiters: unregister_waiters.clone(),
                     full: |m| &m.unregister_queue_full,
                 };
-                (poll, mailbox, Queues { handoff, inbox, register, unregister })
+                (poll, mailbox, Queues { handoff, inbox, register, unregister }, beacon)
             })
             .collect();
         drop((register_tx, unregister_tx)); // the reactors hold the only senders now
@@ -164,7 +195,8 @@ impl Gateway {
             mailboxes,
             threads: Mutex::new(Vec::new()),
             summary: Mutex::new(None),
-            role_stats: role_stats.clone(),
+            role_beacons: role_beacons.clone(),
+            watchdog: Mutex::new(None),
         };
         // From here on, an error drops `inner`, whose Drop stops and joins what was started.
         let spawn = |name: String, f: Box<dyn FnOnce() + Send>| -> Result<()> {
@@ -180,13 +212,14 @@ impl Gateway {
             shared: shared.clone(),
             pending: Default::default(),
             next: 0,
+            beacon: acceptor_beacon,
         };
-        spawn(format!("msggate-{port}-acceptor"), Box::new(move || acceptor.run()))?;
-        for (id, (poll, mailbox, queues)) in reactors.into_iter().enumerate() {
+        spawn(name("acceptor"), Box::new(move || acceptor.run()))?;
+        for (id, (poll, mailbox, queues, beacon)) in reactors.into_iter().enumerate() {
             let shared = shared.clone();
             // Built on its own thread: connections hold thread-local state and never move.
-            let run = move || Reactor::new(poll, shared, mailbox, queues).run();
-            spawn(format!("msggate-{port}-reactor-{id}"), Box::new(run))?;
+            let run = move || Reactor::new(poll, shared, mailbox, queues, beacon).run();
+            spawn(name(&format!("reactor-{id}")), Box::new(run))?;
         }
         let role_ctx = Arc::new(RoleCtx {
             registry,
@@ -194,14 +227,21 @@ impl Gateway {
             policy: config.multi_login_policy,
             register_delay: config.register_delay,
         });
-        for (role, queue, waiters, stats, suffix) in [
-            (Role::Register, register_rx, register_waiters, &role_stats[0], "register"),
-            (Role::Unregister, unregister_rx, unregister_waiters, &role_stats[1], "unregister"),
+        for (role, queue, waiters, beacon, suffix) in [
+            (Role::Register, register_rx, register_waiters, &role_beacons[0], "register"),
+            (Role::Unregister, unregister_rx, unregister_waiters, &role_beacons[1], "unregister"),
         ] {
-            let name = format!("msggate-{port}-{suffix}");
-            let handle = roles::spawn(role, role_ctx.clone(), queue, waiters, stats.clone(), name.clone())?;
+            let name = name(suffix);
+            let handle = roles::spawn(role, role_ctx.clone(), queue, waiters, beacon.clone(), name.clone())?;
             inner.threads.lock().push((name, handle));
         }
+        let monitor = Arc::new(Monitor::new(watched, config.stall_after));
+        let stalls = shared.metrics.clone();
+        let watchdog = Watchdog::spawn(monitor, name("watchdog"), move |report| {
+            inc(&stalls.stalls);
+            log::error!("{report}");
+        })?;
+        *inner.watchdog.lock() = Some(watchdog);
 
         log::info!(
             "msggate listening on {local_addr}: {} reactors, register/unregister queues {}/{}, policy {}, \
@@ -245,8 +285,14 @@ impl GatewayHandle {
 
     /// Events handled by the register and unregister roles so far.
     pub fn role_progress(&self) -> (u64, u64) {
-        let [r, u] = &self.inner.role_stats;
-        (r.handled.load(Relaxed), u.handled.load(Relaxed))
+        let [r, u] = &self.inner.role_beacons;
+        (r.progress(), u.progress())
+    }
+
+    /// What the stall watchdog sees: every thread's progress, queue, backlog, fallbacks and
+    /// activity. Empty once the gateway has shut down.
+    pub fn health(&self) -> Health {
+        self.inner.watchdog.lock().as_ref().map(Watchdog::health).unwrap_or_default()
     }
 
     /// Each reactor's inbox: (frames and notices waiting, capacity).
@@ -289,6 +335,7 @@ impl Inner {
             mailbox.wake();
         }
         threads.for_each(join);
+        drop(self.watchdog.lock().take());
         let s = ShutdownSummary {
             sessions_closed: sessions,
             elapsed: started.elapsed(),
@@ -304,6 +351,11 @@ impl Drop for Inner {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// A channel's fill level, read from outside its consumer.
+fn depth<T>(rx: &crossbeam_channel::Receiver<T>) -> QueueDepth {
+    QueueDepth { len: rx.len(), capacity: rx.capacity().unwrap_or(0) }
 }
 
 impl fmt::Debug for GatewayHandle {

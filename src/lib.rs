@@ -32,6 +32,7 @@ mod registry;
 mod roles;
 mod throttle;
 mod token;
+mod watchdog;
 
 pub use crate::{
     admission::{admit, Identity, Rejection},
@@ -44,4 +45,5 @@ pub use crate::{
     protocol::{codes, ident},
     registry::OnlineSession,
     token::{Claims, TokenError, TokenKey},
+    watchdog::{Beacon, Health, Monitor, QueueDepth, StallReport, ThreadHealth, Watchdog, Watched},
 };

@@ -5,7 +5,7 @@
 //! `try_send` with its fallback written next to it; nothing in this file may block, lock across
 //! a send, or touch a socket.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
 use std::sync::Arc;
 
 use crossbeam_channel::{Sender, TrySendError};
@@ -35,11 +35,21 @@ pub(crate) struct Mailbox {
     woken: AtomicBool,
     sweep: AtomicBool,
     budget: usize,
+    /// Times a sender found the inbox full and took its fallback (for the watchdog's dump).
+    full: AtomicU64,
 }
 
 impl Mailbox {
     pub(crate) fn new(id: usize, inbox: Sender<Delivery>, waker: mio::Waker, budget: usize) -> Mailbox {
-        Mailbox { id, inbox, waker, woken: AtomicBool::new(false), sweep: AtomicBool::new(false), budget }
+        Mailbox {
+            id,
+            inbox,
+            waker,
+            woken: AtomicBool::new(false),
+            sweep: AtomicBool::new(false),
+            budget,
+            full: AtomicU64::new(0),
+        }
     }
 
     /// Wakes the reactor unless a wake is already pending (one syscall per reactor turn at most).
@@ -74,6 +84,15 @@ impl Mailbox {
 
     pub(crate) fn inbox_capacity(&self) -> usize {
         self.inbox.capacity().unwrap_or(0)
+    }
+
+    /// Times a sender found the inbox full and took its fallback.
+    pub(crate) fn inbox_full(&self) -> u64 {
+        self.full.load(Relaxed)
+    }
+
+    fn found_full(&self) {
+        self.full.fetch_add(1, Relaxed);
     }
 }
 
@@ -162,7 +181,11 @@ impl SessionHandle {
     /// Over budget, the session is ordered closed as a slow consumer and `SlowConsumer` returned.
     pub(crate) fn offer(&self, frame: &Utf8Bytes) -> Result<Offer, NotDelivered> {
         self.charge(frame.len())?;
-        self.enqueue(frame, frame.len())
+        let offer = self.enqueue(frame, frame.len());
+        if let Ok(Offer::Deferred) = offer {
+            self.mailbox.found_full();
+        }
+        offer
     }
 
     /// Charges `len` bytes to the session's budget without queueing anything, for a frame the
@@ -219,7 +242,10 @@ impl SessionHandle {
                 self.flags.fetch_and(!LAST_PENDING, AcqRel);
                 self.notify();
                 Err(match e {
-                    TrySendError::Full(_) => NotDelivered::Busy,
+                    TrySendError::Full(_) => {
+                        self.mailbox.found_full();
+                        NotDelivered::Busy
+                    }
                     TrySendError::Disconnected(_) => NotDelivered::Closing,
                 })
             }
@@ -310,7 +336,10 @@ impl SessionHandle {
     /// reactor's sweep flag, which makes it check every session's flags on its next turn.
     pub(crate) fn notify(&self) {
         let notice = Delivery::Notice { token: self.token, conn: self.conn };
-        if self.mailbox.inbox.try_send(notice).is_err() {
+        if let Err(e) = self.mailbox.inbox.try_send(notice) {
+            if e.is_full() {
+                self.mailbox.found_full();
+            }
             self.mailbox.sweep.store(true, Release);
         }
         self.mailbox.wake();

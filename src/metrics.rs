@@ -101,6 +101,9 @@ metrics! {
         sweeps,
         /// Reactors that panicked (a bug); their connections were dropped and unregistered.
         reactor_panics,
+        /// Stalls the watchdog reported: a thread with queued work and no progress for
+        /// `stall_after` (a bug, or a starved machine).
+        stalls,
     }
     gauges {
         /// Sockets held: handshakes in flight plus sessions.

@@ -6,7 +6,7 @@
 //! never into the other role's queue: kicking needs no round trip through the unregister queue,
 //! because the registry edit that removes the kicked session happens right here.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, Ordering::*};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -19,12 +19,10 @@ use crate::metrics::{inc, Metrics};
 use crate::policy::MultiLoginPolicy;
 use crate::protocol;
 use crate::registry::Registry;
+use crate::watchdog::Beacon;
 
-/// Progress a role publishes: events handled, for diagnostics and the stall watchdog.
-#[derive(Debug, Default)]
-pub(crate) struct RoleStats {
-    pub(crate) handled: AtomicU64,
-}
+/// What a role thread tells the watchdog it is doing (indices into this).
+pub(crate) const ROLE_LABELS: &[&str] = &["waiting for an event", "registering", "unregistering"];
 
 /// Reactors waiting for room in one role's queue, and the way to wake them.
 ///
@@ -88,7 +86,7 @@ pub(crate) fn spawn(
     ctx: Arc<RoleCtx>,
     queue: Receiver<Arc<SessionHandle>>,
     waiters: Arc<Waiters>,
-    stats: Arc<RoleStats>,
+    beacon: Arc<Beacon>,
     name: String,
 ) -> Result<JoinHandle<()>> {
     std::thread::Builder::new()
@@ -98,14 +96,19 @@ pub(crate) fn spawn(
                 waiters.wake_waiting();
                 match role {
                     Role::Register => {
+                        beacon.doing(1);
                         if !ctx.register_delay.is_zero() {
                             std::thread::sleep(ctx.register_delay); // a stand-in for a slow role
                         }
                         register(&ctx, &session)
                     }
-                    Role::Unregister => unregister(&ctx, &session),
+                    Role::Unregister => {
+                        beacon.doing(2);
+                        unregister(&ctx, &session)
+                    }
                 }
-                stats.handled.fetch_add(1, Relaxed);
+                beacon.turn();
+                beacon.doing(0);
             }
             log::debug!("{role:?} role: every reactor is gone, exiting");
         })

@@ -25,8 +25,9 @@ fn shutdown_sends_1001_to_every_session_and_joins_every_thread() {
     watchdog(LIMIT, || {
         let gw = start(|c| c.io_threads = 3);
         let addr = gw.local_addr();
-        // A thread names itself once it runs, so wait for all six (acceptor, 3 reactors, 2 roles).
-        eventually(STEP, "six named gateway threads", || gateway_threads(addr.port()) == 3 + 3);
+        // A thread names itself once it runs, so wait for all seven (acceptor, 3 reactors, 2
+        // roles, the watchdog).
+        eventually(STEP, "seven named gateway threads", || gateway_threads(addr.port()) == 3 + 4);
         let clients: Vec<Client> = (0..5).map(|i| Client::connect(addr, &format!("u{i}"), 1)).collect();
         eventually(STEP, "all registered", || gw.registry_len() == 5);
         let waiters: Vec<_> = clients
@@ -52,10 +53,10 @@ fn dropping_the_last_handle_shuts_down_and_joins() {
     watchdog(LIMIT, || {
         let gw = start(|_| {});
         let port = gw.local_addr().port();
-        eventually(STEP, "five named gateway threads", || gateway_threads(port) == 5);
+        eventually(STEP, "six named gateway threads", || gateway_threads(port) == 6);
         let clone = gw.clone();
         drop(gw);
-        assert_eq!(gateway_threads(port), 5, "a clone keeps it running");
+        assert_eq!(gateway_threads(port), 6, "a clone keeps it running");
         drop(clone);
         assert_eq!(gateway_threads(port), 0);
     });

@@ -7,5 +7,7 @@ mod cli;
 mod handshake;
 mod lifecycle;
 mod limits;
+mod model;
 mod relay;
 mod seed;
+mod stall;

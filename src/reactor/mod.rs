@@ -29,6 +29,7 @@ use crate::registry::Registry;
 use crate::roles::Waiters;
 use crate::throttle::log_throttled;
 use crate::token::TokenKey;
+use crate::watchdog::Beacon;
 use conn::{Conn, End, Next};
 
 /// The `Waker`'s token in every reactor's `Poll`.
@@ -42,6 +43,34 @@ const DEFERRED_RETRY: Duration = Duration::from_millis(1);
 /// Poll timeout while a role backlog waits: only a safety net, since the role wakes the
 /// reactor as soon as it frees a slot.
 const BACKLOG_RETRY: Duration = Duration::from_millis(10);
+
+/// What a reactor tells the watchdog it is doing (indices into this; see [`doing`]).
+pub(crate) const REACTOR_LABELS: &[&str] = &[
+    "polling",
+    "handling socket events",
+    "taking handed-off sockets",
+    "draining its inbox",
+    "sweeping its sessions",
+    "reading sessions left mid-batch",
+    "retrying backlogs and deferred frames",
+    "ticking timers",
+    "flushing",
+    "closing sessions for shutdown",
+];
+
+/// Indices into [`REACTOR_LABELS`].
+mod doing {
+    pub(super) const POLLING: usize = 0;
+    pub(super) const IO: usize = 1;
+    pub(super) const HANDOFFS: usize = 2;
+    pub(super) const INBOX: usize = 3;
+    pub(super) const SWEEP: usize = 4;
+    pub(super) const READY: usize = 5;
+    pub(super) const RETRY: usize = 6;
+    pub(super) const TICK: usize = 7;
+    pub(super) const FLUSH: usize = 8;
+    pub(super) const SHUTDOWN: usize = 9;
+}
 
 /// State shared by every thread of one gateway.
 pub(crate) struct Shared {
@@ -187,10 +216,17 @@ pub(crate) struct Reactor {
     tick: u64,
     /// Reused list of connection keys for passes over every connection.
     keys: Vec<usize>,
+    beacon: Arc<Beacon>,
 }
 
 impl Reactor {
-    pub(crate) fn new(poll: Poll, shared: Arc<Shared>, mailbox: Arc<Mailbox>, queues: Queues) -> Reactor {
+    pub(crate) fn new(
+        poll: Poll,
+        shared: Arc<Shared>,
+        mailbox: Arc<Mailbox>,
+        queues: Queues,
+        beacon: Arc<Beacon>,
+    ) -> Reactor {
         let c = &shared.config;
         let shortest = [c.handshake_timeout, c.ping_interval, c.idle_timeout, c.close_timeout].into_iter().min();
         let tick = (shortest.unwrap_or_default().as_millis() as u64 / 8).clamp(5, 500);
@@ -219,6 +255,7 @@ impl Reactor {
             inbox: queues.inbox,
             tick,
             keys: Vec::new(),
+            beacon,
         }
     }
 
@@ -274,6 +311,10 @@ impl Reactor {
             } else {
                 Duration::from_millis(next_tick.saturating_sub(self.ctx.now))
             };
+            let beacon = &*self.beacon;
+            beacon.backlog(self.ctx.backlog_len() + self.ctx.dispatcher.deferred_len());
+            beacon.turn();
+            beacon.doing(doing::POLLING);
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     log::error!("reactor {}: poll failed: {e}; closing its connections", self.ctx.mailbox.id);
@@ -283,6 +324,7 @@ impl Reactor {
             self.ctx.mailbox.rearm();
             self.ctx.now = self.ctx.epoch.elapsed().as_millis() as u64;
 
+            self.beacon.doing(doing::IO);
             for event in events.iter() {
                 if event.token() == WAKE {
                     continue;
@@ -290,28 +332,36 @@ impl Reactor {
                 let readable = event.is_readable() || event.is_read_closed() || event.is_error();
                 self.io(event.token().0, readable, event.is_writable());
             }
+            self.beacon.doing(doing::HANDOFFS);
             self.accept_handoffs();
+            self.beacon.doing(doing::INBOX);
             inbox_more = self.drain_inbox();
             if self.ctx.mailbox.take_sweep() {
+                self.beacon.doing(doing::SWEEP);
                 inc(&self.ctx.shared.metrics.sweeps);
                 self.sweep();
             }
+            self.beacon.doing(doing::READY);
             for key in std::mem::take(&mut self.ctx.ready) {
                 self.with(key, |conn, ctx| conn.read(ctx));
             }
+            self.beacon.doing(doing::RETRY);
             self.ctx.retry_backlogs();
             self.ctx.dispatcher.retry_deferred();
             if self.ctx.now >= next_tick {
+                self.beacon.doing(doing::TICK);
                 next_tick = self.ctx.now + self.tick;
                 self.for_each(|conn, ctx| conn.tick(ctx));
             }
             if self.ctx.shared.draining.load(Acquire) {
+                self.beacon.doing(doing::SHUTDOWN);
                 let deadline = *drain_deadline.get_or_insert_with(|| self.begin_shutdown());
                 if self.conns.is_empty() || self.ctx.now >= deadline {
                     self.flush_dirty();
                     break;
                 }
             }
+            self.beacon.doing(doing::FLUSH);
             self.flush_dirty();
         }
     }
