@@ -19,6 +19,8 @@
 
 mod acceptor;
 mod admission;
+#[doc(hidden)]
+pub mod bench;
 mod config;
 mod dispatch;
 mod error;
