@@ -11,3 +11,4 @@ mod model;
 mod relay;
 mod seed;
 mod stall;
+mod stress;

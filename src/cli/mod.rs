@@ -6,6 +6,7 @@
 
 mod logging;
 mod serve;
+mod stress;
 mod token;
 
 use std::fmt;
@@ -26,6 +27,8 @@ enum Command {
     Serve(Box<serve::Args>),
     /// Mint an HS256 token for a client to connect with.
     Token(token::Args),
+    /// Load-test a running gateway and check it stays live (churn, relay, idle, fanout).
+    Stress(stress::Args),
 }
 
 impl Cli {
@@ -46,6 +49,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Serve(args) => serve::run(*args),
         Command::Token(args) => token::run(args),
+        Command::Stress(args) => stress::run(args),
     }
 }
 
