@@ -359,12 +359,18 @@ impl Thread {
         } else if let Some(pos) = u.prevs.iter().position(|p| p.id == id) {
             let p = u.prevs.swap_remove(pos);
             match end {
-                End::ServerClosed { code: Some(1008), .. } => {
+                End::ServerClosed { code: Some(code), ref reason }
+                    if code == 1008 || p.kick_frame || reason == "kicked" =>
+                {
                     net.tally.counts.kicks += 1;
                     self.shared.kicks.fetch_add(1, Relaxed);
+                    let who = u.name.clone();
                     if !p.kick_frame {
-                        let who = u.name.clone();
-                        net.error("kick_without_2002", || format!("{who}: close 1008 without a 2002 frame first"));
+                        net.error("kick_without_2002", || format!("{who}: close {code} without a 2002 frame first"));
+                    }
+                    if code != 1008 {
+                        let kind = format!("kick_close_code_{code}");
+                        net.error(&kind, || format!("{who}: kicked with close {code} {reason:?}, not 1008"));
                     }
                 }
                 other => unexpected_end(net, &format!("{} (old session awaiting its kick)", u.name), &other),

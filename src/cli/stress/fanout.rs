@@ -69,13 +69,19 @@ pub fn run(args: Args) -> Result<(), Failure> {
         "inflight": load.inflight, "rate": args.rate, "size": args.size,
     });
     relay::execute("fanout", plan, ready, params, |summary: &Summary| {
-        if summary.tally.error_count("kicked") == 0 {
-            return Vec::new();
+        let mut why = Vec::new();
+        let mismatched = summary.tally.error_count("delivered_mismatch");
+        if mismatched > 0 {
+            why.push(format!("{mismatched} acks did not report delivered = {s}"));
         }
-        vec![format!(
+        if summary.tally.error_count("kicked") == 0 {
+            return why;
+        }
+        why.push(format!(
             "the server kicked recipient sessions: {s} sessions of one user need the server to run with \
              --multi-login-policy not-kick{}",
             if s <= 11 && !args.spread_platforms { ", or pass --spread-platforms (distinct platforms)" } else { "" }
-        )]
+        ));
+        why
     })
 }
