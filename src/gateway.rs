@@ -96,7 +96,7 @@ impl Gateway {
                 crate::config::DEV_SECRET
             );
         }
-        let listener = mio::net::TcpListener::bind(config.listen).map_err(Error::io("binding the listen address"))?;
+        let listener = acceptor::bind(config.listen).map_err(Error::io("binding the listen address"))?;
         let local_addr = listener.local_addr().map_err(Error::io("reading the listen address"))?;
         let metrics = Arc::new(Metrics::default());
         let registry = Arc::new(Registry::new(metrics.clone()));

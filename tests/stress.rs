@@ -10,7 +10,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -72,7 +72,16 @@ impl Child_ {
             Err(_) => panic!("msggate did not exit within {limit:?}; killing it"),
         };
         let status = self.child.wait().expect("wait");
-        let stdout: Vec<String> = self.lines.try_iter().collect();
+        // Every line up to stdout's EOF: its reader thread may still be behind the exit.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut stdout = Vec::new();
+        loop {
+            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => stdout.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!("stdout not closed 10 s after the exit"),
+            }
+        }
         (status, stdout.join("\n"), stderr)
     }
 }
