@@ -44,16 +44,20 @@ impl Dispatcher {
     }
 
     /// Offers `frame` to `target`; a full inbox defers it behind earlier frames for the same
-    /// reactor, so per-recipient order holds. Returns whether it counts as delivered.
-    fn push(&mut self, target: &Arc<SessionHandle>, frame: &Utf8Bytes) -> bool {
+    /// reactor, so per-recipient order holds. `here` is this reactor's id: a target on it is
+    /// not woken (it drains its own inbox before it sleeps). Returns whether it counts as
+    /// delivered.
+    fn push(&mut self, target: &Arc<SessionHandle>, frame: &Utf8Bytes, here: usize) -> bool {
         let lane = target.reactor();
         if self.deferred.len() <= lane {
             self.deferred.resize_with(lane + 1, VecDeque::new);
         }
-        let outcome = if self.deferred[lane].is_empty() {
-            target.offer(frame)
-        } else {
+        let outcome = if !self.deferred[lane].is_empty() {
             target.charge(frame.len()).map(|()| Offer::Deferred)
+        } else if lane == here {
+            target.offer_local(frame)
+        } else {
+            target.offer(frame)
         };
         match outcome {
             Ok(Offer::Queued) => {
@@ -167,9 +171,10 @@ impl Dispatcher {
             self.registry.sessions_of(&me.user, &mut self.targets);
         }
         let mut delivered = 0;
+        let here = me.reactor();
         let targets = std::mem::take(&mut self.targets);
         for (i, target) in targets.iter().enumerate() {
-            if target.conn != me.conn && self.push(target, &frame) {
+            if target.conn != me.conn && self.push(target, &frame, here) {
                 delivered += usize::from(i < recipients);
             }
         }

@@ -180,8 +180,18 @@ impl SessionHandle {
     /// session's budget and the caller keeps it, in order, and retries with [`Self::resume`].
     /// Over budget, the session is ordered closed as a slow consumer and `SlowConsumer` returned.
     pub(crate) fn offer(&self, frame: &Utf8Bytes) -> Result<Offer, NotDelivered> {
+        self.offer_waking(frame, true)
+    }
+
+    /// [`Self::offer`] from the session's own reactor: no wake-up, since that reactor checks
+    /// its inbox before it next sleeps (saves an eventfd write and a spurious `poll` return).
+    pub(crate) fn offer_local(&self, frame: &Utf8Bytes) -> Result<Offer, NotDelivered> {
+        self.offer_waking(frame, false)
+    }
+
+    fn offer_waking(&self, frame: &Utf8Bytes, wake: bool) -> Result<Offer, NotDelivered> {
         self.charge(frame.len())?;
-        let offer = self.enqueue(frame, frame.len());
+        let offer = self.enqueue(frame, frame.len(), wake);
         if let Ok(Offer::Deferred) = offer {
             self.mailbox.found_full();
         }
@@ -209,7 +219,7 @@ impl SessionHandle {
             self.queued.fetch_sub(frame.len(), AcqRel);
             return Err(NotDelivered::Closing);
         }
-        self.enqueue(frame, frame.len())
+        self.enqueue(frame, frame.len(), true)
     }
 
     /// Orders the session closed for `order` and queues `frame` to be written just before the
@@ -265,11 +275,13 @@ impl SessionHandle {
 
     /// The one `try_send` of a frame (already charged to the budget). Full: the charge stays
     /// and the caller decides (defer, or give up and release it).
-    fn enqueue(&self, frame: &Utf8Bytes, len: usize) -> Result<Offer, NotDelivered> {
+    fn enqueue(&self, frame: &Utf8Bytes, len: usize, wake: bool) -> Result<Offer, NotDelivered> {
         let delivery = Delivery::Frame { token: self.token, conn: self.conn, frame: frame.clone() };
         match self.mailbox.inbox.try_send(delivery) {
             Ok(()) => {
-                self.mailbox.wake();
+                if wake {
+                    self.mailbox.wake();
+                }
                 Ok(Offer::Queued)
             }
             Err(TrySendError::Full(_)) => Ok(Offer::Deferred),

@@ -187,6 +187,11 @@ impl Conn {
     pub(crate) fn on_ready(&mut self, ctx: &mut Ctx, readable: bool, writable: bool) -> Next {
         if readable {
             self.unread = true;
+            match &mut self.stage {
+                Stage::Handshake(mid, _) => mid.get_mut().get_mut().readable(),
+                Stage::Open(ws) | Stage::Closing(ws) => ws.get_mut().readable(),
+                _ => {}
+            }
         }
         if let Stage::Handshake(..) = self.stage {
             return self.step_handshake(ctx);

@@ -300,9 +300,10 @@ impl Reactor {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = self.tick;
         let mut drain_deadline = None;
-        let mut inbox_more = false;
         loop {
-            let timeout = if !self.ctx.ready.is_empty() || inbox_more {
+            // A non-empty inbox (more than a batch, or pushes from this reactor to its own
+            // sessions, which are queued without a wake-up) means a zero timeout.
+            let timeout = if !self.ctx.ready.is_empty() || !self.inbox.is_empty() {
                 Duration::ZERO
             } else if self.ctx.dispatcher.deferred_len() > 0 {
                 DEFERRED_RETRY
@@ -335,7 +336,7 @@ impl Reactor {
             self.beacon.doing(doing::HANDOFFS);
             self.accept_handoffs();
             self.beacon.doing(doing::INBOX);
-            inbox_more = self.drain_inbox();
+            self.drain_inbox();
             if self.ctx.mailbox.take_sweep() {
                 self.beacon.doing(doing::SWEEP);
                 inc(&self.ctx.shared.metrics.sweeps);
@@ -399,10 +400,10 @@ impl Reactor {
         }
     }
 
-    /// Handles up to a batch of inbox deliveries; returns whether more are waiting.
-    fn drain_inbox(&mut self) -> bool {
+    /// Handles up to a batch of inbox deliveries.
+    fn drain_inbox(&mut self) {
         for _ in 0..INBOX_BATCH {
-            let Ok(delivery) = self.inbox.try_recv() else { return false };
+            let Ok(delivery) = self.inbox.try_recv() else { return };
             match delivery {
                 Delivery::Frame { token, conn, frame } => {
                     let Some(c) = self.conns.get_mut(token) else { continue };
@@ -431,7 +432,6 @@ impl Reactor {
                 }
             }
         }
-        !self.inbox.is_empty()
     }
 
     /// Runs `op` on every connection (keys snapshotted first: `op` may end connections).
