@@ -119,6 +119,7 @@ impl Acceptor {
             add(&self.shared.metrics.connections, -1);
             refuse(stream, "the gateway is shutting down");
         }
+        self.beacon.exit();
         log::debug!("acceptor: stopped accepting");
     }
 

@@ -43,13 +43,24 @@ struct Inner {
     local_addr: SocketAddr,
     acceptor_waker: mio::Waker,
     mailboxes: Vec<Arc<Mailbox>>,
-    /// Joined in this order: acceptor, reactors, roles.
+    /// The acceptor, then the reactors, joined in this order.
     threads: Mutex<Vec<(String, JoinHandle<()>)>>,
+    /// The register and unregister roles, joined last.
+    roles: Mutex<Vec<(String, JoinHandle<()>)>>,
     summary: Mutex<Option<ShutdownSummary>>,
     /// The register and unregister roles' beacons.
     role_beacons: [Arc<Beacon>; 2],
-    /// Stopped last, so it can still report a shutdown that wedges.
-    watchdog: Mutex<Option<Watchdog>>,
+    /// What the watchdog watches, and its thread.
+    watch: Mutex<Watch>,
+}
+
+/// The watchdog's parts. The monitor's probes of the role queues hold senders (a receiver
+/// clone would hide a dead consumer from its producers), so both are dropped after the
+/// reactors are joined and before the roles are: a role loop ends with its last sender.
+#[derive(Default)]
+struct Watch {
+    monitor: Option<Arc<Monitor>>,
+    dog: Option<Watchdog>,
 }
 
 /// What a shutdown did.
@@ -136,8 +147,8 @@ impl Gateway {
                 .fallbacks(move || m.handoff_queue_full.load(Relaxed)),
         );
         for (beacon, queue, full, what) in [
-            (&role_beacons[0], &register_rx, (|m| &m.register_queue_full) as fn(&Metrics) -> &AtomicU64, "register"),
-            (&role_beacons[1], &unregister_rx, |m| &m.unregister_queue_full, "unregister"),
+            (&role_beacons[0], &register_tx, (|m| &m.register_queue_full) as fn(&Metrics) -> &AtomicU64, "register"),
+            (&role_beacons[1], &unregister_tx, |m| &m.unregister_queue_full, "unregister"),
         ] {
             let (q, m) = (queue.clone(), metrics.clone());
             watched.push(
@@ -155,14 +166,16 @@ impl Gateway {
             let (handoff_tx, handoff_rx) = bounded(config.handoff_queue);
             let mailbox = Arc::new(Mailbox::new(id, inbox_tx, waker, config.outbound_budget));
             let beacon = Arc::new(Beacon::new(REACTOR_LABELS));
-            let (h, m) = (handoff_rx.clone(), mailbox.clone());
+            let (h, m) = (handoff_tx.clone(), mailbox.clone());
             let queue = move || {
                 let handoff = depth(&h);
                 QueueDepth { len: m.inbox_len() + handoff.len, capacity: m.inbox_capacity() + handoff.capacity }
             };
             let m = mailbox.clone();
             watched.push(
-                Watched::new(name(&format!("reactor-{id}")), beacon.clone(), queue).fallbacks(move || m.inbox_full()),
+                Watched::new(name(&format!("reactor-{id}")), beacon.clone(), queue)
+                    .fallbacks(move || m.inbox_full())
+                    .turns_every(crate::reactor::tick(config)),
             );
             reactors.push((poll, mailbox.clone(), handoff_rx, inbox_rx, beacon));
             lanes.push(Lane { handoff: handoff_tx, mailbox: mailbox.clone() });
@@ -194,9 +207,13 @@ impl Gateway {
             acceptor_waker,
             mailboxes,
             threads: Mutex::new(Vec::new()),
+            roles: Mutex::new(Vec::new()),
             summary: Mutex::new(None),
             role_beacons: role_beacons.clone(),
-            watchdog: Mutex::new(None),
+            watch: Mutex::new(Watch {
+                monitor: Some(Arc::new(Monitor::new(watched, shared.config.stall_after))),
+                dog: None,
+            }),
         };
         // From here on, an error drops `inner`, whose Drop stops and joins what was started.
         let spawn = |name: String, f: Box<dyn FnOnce() + Send>| -> Result<()> {
@@ -233,15 +250,15 @@ impl Gateway {
         ] {
             let name = name(suffix);
             let handle = roles::spawn(role, role_ctx.clone(), queue, waiters, beacon.clone(), name.clone())?;
-            inner.threads.lock().push((name, handle));
+            inner.roles.lock().push((name, handle));
         }
-        let monitor = Arc::new(Monitor::new(watched, config.stall_after));
+        let monitor = inner.watch.lock().monitor.clone().expect("the monitor is set until shutdown");
         let stalls = shared.metrics.clone();
-        let watchdog = Watchdog::spawn(monitor, name("watchdog"), move |report| {
+        let dog = Watchdog::spawn(monitor, name("watchdog"), move |report| {
             inc(&stalls.stalls);
             log::error!("{report}");
         })?;
-        *inner.watchdog.lock() = Some(watchdog);
+        inner.watch.lock().dog = Some(dog);
 
         log::info!(
             "msggate listening on {local_addr}: {} reactors, register/unregister queues {}/{}, policy {}, \
@@ -292,7 +309,7 @@ impl GatewayHandle {
     /// What the stall watchdog sees: every thread's progress, queue, backlog, fallbacks and
     /// activity. Empty once the gateway has shut down.
     pub fn health(&self) -> Health {
-        self.inner.watchdog.lock().as_ref().map(Watchdog::health).unwrap_or_default()
+        self.inner.watch.lock().dog.as_ref().map(Watchdog::health).unwrap_or_default()
     }
 
     /// Each reactor's inbox: (frames and notices waiting, capacity).
@@ -335,7 +352,10 @@ impl Inner {
             mailbox.wake();
         }
         threads.for_each(join);
-        drop(self.watchdog.lock().take());
+        // The reactors are gone. The watchdog goes next: its probes hold role-queue senders.
+        let watch = std::mem::take(&mut *self.watch.lock());
+        drop(watch);
+        self.roles.lock().drain(..).for_each(join);
         let s = ShutdownSummary {
             sessions_closed: sessions,
             elapsed: started.elapsed(),
@@ -353,9 +373,10 @@ impl Drop for Inner {
     }
 }
 
-/// A channel's fill level, read from outside its consumer.
-fn depth<T>(rx: &crossbeam_channel::Receiver<T>) -> QueueDepth {
-    QueueDepth { len: rx.len(), capacity: rx.capacity().unwrap_or(0) }
+/// A channel's fill level, read through a sender: an extra sender never hides the consumer's
+/// death from the producers (`try_send` still answers `Disconnected`), as a receiver would.
+fn depth<T>(tx: &crossbeam_channel::Sender<T>) -> QueueDepth {
+    QueueDepth { len: tx.len(), capacity: tx.capacity().unwrap_or(0) }
 }
 
 impl fmt::Debug for GatewayHandle {

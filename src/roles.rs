@@ -92,6 +92,14 @@ pub(crate) fn spawn(
     std::thread::Builder::new()
         .name(name)
         .spawn(move || {
+            /// Marks the beacon exited however the loop ends, a panic included.
+            struct Exit(Arc<Beacon>);
+            impl Drop for Exit {
+                fn drop(&mut self) {
+                    self.0.exit();
+                }
+            }
+            let _exit = Exit(beacon.clone());
             for session in queue.iter() {
                 waiters.wake_waiting();
                 match role {

@@ -55,15 +55,31 @@ impl Beacon {
         self.backlog.store(len, Relaxed);
     }
 
+    /// The thread has ended (or is about to): it holds no work and cannot stall any more.
+    pub fn exit(&self) {
+        self.backlog.store(0, Relaxed);
+        self.doing.store(EXITED, Relaxed);
+    }
+
     /// Turns completed so far.
     pub fn progress(&self) -> u64 {
         self.progress.load(Relaxed)
     }
 
+    fn has_exited(&self) -> bool {
+        self.doing.load(Relaxed) == EXITED
+    }
+
     fn label(&self) -> &'static str {
-        self.labels.get(self.doing.load(Relaxed)).copied().unwrap_or("?")
+        match self.doing.load(Relaxed) {
+            EXITED => "exited",
+            i => self.labels.get(i).copied().unwrap_or("?"),
+        }
     }
 }
+
+/// `Beacon::doing` of a thread that has ended.
+const EXITED: usize = usize::MAX;
 
 /// A queue's fill level, read from outside its consumer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -82,6 +98,7 @@ pub struct Watched {
     beacon: Arc<Beacon>,
     queue: Probe<QueueDepth>,
     fallbacks: Probe<u64>,
+    turns_every: Option<Duration>,
 }
 
 impl Watched {
@@ -91,12 +108,20 @@ impl Watched {
         beacon: Arc<Beacon>,
         queue: impl Fn() -> QueueDepth + Send + Sync + 'static,
     ) -> Watched {
-        Watched { name: name.into(), beacon, queue: Box::new(queue), fallbacks: Box::new(|| 0) }
+        Watched { name: name.into(), beacon, queue: Box::new(queue), fallbacks: Box::new(|| 0), turns_every: None }
     }
 
     /// How many times producers found this thread's queue full and took their fallback.
     pub fn fallbacks(mut self, count: impl Fn() -> u64 + Send + Sync + 'static) -> Watched {
         self.fallbacks = Box::new(count);
+        self
+    }
+
+    /// The thread turns at least once per `period` even when idle (a poll with a timeout), so
+    /// no progress for `max(stall_after, 2 × period)` is a stall whatever its queue shows: it
+    /// catches a thread stuck on work that no queue length reveals.
+    pub fn turns_every(mut self, period: Duration) -> Watched {
+        self.turns_every = Some(period);
         self
     }
 }
@@ -249,35 +274,50 @@ impl Monitor {
                     log::warn!("{}: progressing again after a stall", w.name);
                 }
                 *t = Track { progress, changed: now, stuck_since: None, reported: false };
-            } else if queue.len > 0 || backlog > 0 {
+            } else if (queue.len > 0 || backlog > 0) && !w.beacon.has_exited() {
                 t.stuck_since.get_or_insert(now);
             } else {
                 t.stuck_since = None;
             }
-            let stalled = t.stuck_since.is_some_and(|s| now.saturating_duration_since(s) >= self.stall_after);
-            if stalled && !t.reported {
+            let stalled_for = self.stalled_for(w, t, now);
+            if stalled_for.is_some() && !t.reported {
                 t.reported = true;
-                fresh.push(health.threads.len());
+                fresh.push((health.threads.len(), stalled_for.unwrap_or_default()));
             }
-            health.threads.push(ThreadHealth {
-                name: w.name.clone(),
-                progress,
-                doing: w.beacon.label(),
-                queue,
-                backlog,
-                fallbacks: (w.fallbacks)(),
-                since_progress: now.saturating_duration_since(t.changed),
-                stalled,
-            });
+            health.threads.push(self.row(w, t, now, queue, stalled_for.is_some()));
         }
         fresh
             .into_iter()
-            .map(|i| {
+            .map(|(i, stalled_for)| {
                 let t = &health.threads[i];
-                let stalled_for = track[i].stuck_since.map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
                 StallReport { thread: t.name.clone(), doing: t.doing, stalled_for, health: health.clone() }
             })
             .collect()
+    }
+
+    /// How long `w` has been stalled, if it is: work and no progress for `stall_after`, or,
+    /// for a thread that turns periodically, no progress at all for long enough.
+    fn stalled_for(&self, w: &Watched, t: &Track, now: Instant) -> Option<Duration> {
+        if w.beacon.has_exited() || w.beacon.progress() != t.progress {
+            return None;
+        }
+        let with_work = t.stuck_since.map(|s| now.saturating_duration_since(s)).filter(|d| *d >= self.stall_after);
+        let silent = now.saturating_duration_since(t.changed);
+        let silent = w.turns_every.filter(|p| silent >= self.stall_after.max(*p * 2)).map(|_| silent);
+        with_work.max(silent)
+    }
+
+    fn row(&self, w: &Watched, t: &Track, now: Instant, queue: QueueDepth, stalled: bool) -> ThreadHealth {
+        ThreadHealth {
+            name: w.name.clone(),
+            progress: w.beacon.progress(),
+            doing: w.beacon.label(),
+            queue,
+            backlog: w.beacon.backlog.load(Relaxed),
+            fallbacks: (w.fallbacks)(),
+            since_progress: now.saturating_duration_since(t.changed),
+            stalled,
+        }
     }
 
     /// Every thread's state now, as of the last check.
@@ -291,17 +331,7 @@ impl Monitor {
             .watched
             .iter()
             .zip(track.iter())
-            .map(|(w, t)| ThreadHealth {
-                name: w.name.clone(),
-                progress: w.beacon.progress(),
-                doing: w.beacon.label(),
-                queue: (w.queue)(),
-                backlog: w.beacon.backlog.load(Relaxed),
-                fallbacks: (w.fallbacks)(),
-                since_progress: now.saturating_duration_since(t.changed),
-                stalled: w.beacon.progress() == t.progress
-                    && t.stuck_since.is_some_and(|s| now.saturating_duration_since(s) >= self.stall_after),
-            })
+            .map(|(w, t)| self.row(w, t, now, (w.queue)(), self.stalled_for(w, t, now).is_some()))
             .collect();
         Health { threads }
     }
@@ -432,6 +462,36 @@ mod tests {
         let t0 = Instant::now();
         m.check(t0);
         assert_eq!(m.check(t0 + Duration::from_secs(5)).len(), 1);
+    }
+
+    #[test]
+    fn an_exited_thread_is_never_stalled_whatever_its_last_backlog() {
+        let queued = Arc::new(AtomicUsize::new(2));
+        let (beacon, m) = one(queued);
+        beacon.backlog(5);
+        beacon.exit();
+        let t0 = Instant::now();
+        m.check(t0);
+        assert!(m.check(t0 + Duration::from_secs(60)).is_empty());
+        let h = m.snapshot(t0 + Duration::from_secs(60));
+        assert_eq!((h.threads[0].doing, h.threads[0].backlog, h.threads[0].stalled), ("exited", 0, false));
+    }
+
+    #[test]
+    fn a_periodic_thread_silent_for_long_is_stalled_even_with_empty_queues() {
+        let beacon = Arc::new(Beacon::new(LABELS));
+        let w = Watched::new("reactor", beacon.clone(), QueueDepth::default).turns_every(Duration::from_secs(4));
+        let m = Monitor::new(vec![w], Duration::from_secs(5));
+        let t0 = Instant::now();
+        beacon.turn();
+        m.check(t0);
+        assert!(m.check(t0 + Duration::from_secs(7)).is_empty(), "within 2 x its period");
+        let r = m.check(t0 + Duration::from_secs(8));
+        assert_eq!(r.len(), 1, "silent for 2 x its period");
+        assert_eq!(r[0].stalled_for, Duration::from_secs(8));
+        beacon.turn();
+        assert!(m.check(t0 + Duration::from_secs(9)).is_empty());
+        assert!(!m.snapshot(t0 + Duration::from_secs(9)).threads[0].stalled);
     }
 
     #[test]

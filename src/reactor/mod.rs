@@ -206,6 +206,13 @@ impl std::fmt::Display for LazyWho<'_> {
     }
 }
 
+/// How often an idle reactor wakes to check its timers: an eighth of the shortest deadline,
+/// between 5 and 500 ms. The watchdog relies on it: a reactor turns at least this often.
+pub(crate) fn tick(c: &Config) -> Duration {
+    let shortest = [c.handshake_timeout, c.ping_interval, c.idle_timeout, c.close_timeout].into_iter().min();
+    Duration::from_millis((shortest.unwrap_or_default().as_millis() as u64 / 8).clamp(5, 500))
+}
+
 /// One reactor thread's state.
 pub(crate) struct Reactor {
     poll: Poll,
@@ -227,9 +234,7 @@ impl Reactor {
         queues: Queues,
         beacon: Arc<Beacon>,
     ) -> Reactor {
-        let c = &shared.config;
-        let shortest = [c.handshake_timeout, c.ping_interval, c.idle_timeout, c.close_timeout].into_iter().min();
-        let tick = (shortest.unwrap_or_default().as_millis() as u64 / 8).clamp(5, 500);
+        let tick = tick(&shared.config).as_millis() as u64;
         let dispatcher = Dispatcher::new(
             shared.registry.clone(),
             shared.metrics.clone(),
@@ -284,8 +289,11 @@ impl Reactor {
         // reactor, so this drains; the deadline only guards against a bug.
         let deadline = Instant::now() + Duration::from_secs(2);
         self.ctx.register_backlog.clear();
+        self.beacon.doing(doing::SHUTDOWN);
         while !self.ctx.unregister_backlog.is_empty() && Instant::now() < deadline {
             self.ctx.retry_backlogs();
+            self.beacon.backlog(self.ctx.unregister_backlog.len());
+            self.beacon.turn();
             std::thread::yield_now();
         }
         if !self.ctx.unregister_backlog.is_empty() {
@@ -294,6 +302,7 @@ impl Reactor {
                 self.ctx.unregister_backlog.len()
             );
         }
+        self.beacon.exit();
     }
 
     fn event_loop(&mut self) {
