@@ -4,7 +4,7 @@
 //! by its guard's `Drop`, every wait is bounded, and every test runs under the hang watchdog.
 
 use std::io::{BufRead as _, BufReader, Read as _};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -27,7 +27,19 @@ struct Child_ {
 
 impl Child_ {
     fn spawn(args: &[&str]) -> Child_ {
-        let mut cmd = Command::new(BIN);
+        Child_::spawn_via(&[], args)
+    }
+
+    /// Runs `wrapper... msggate args...` (e.g. under `prlimit`).
+    fn spawn_via(wrapper: &[&str], args: &[&str]) -> Child_ {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(BIN);
+                cmd
+            }
+            None => Command::new(BIN),
+        };
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("MSGGATE_") {
@@ -130,6 +142,93 @@ fn stress(args: &[&str], limit: Duration) -> (ExitStatus, String, String, Value)
     (status, stdout, stderr, report)
 }
 
+/// A scripted stand-in for a gateway on 127.0.0.1:0, for behaviour a real one does not show on
+/// demand (slow upgrades, slow acks, dead sessions): every connection gets a thread that holds
+/// the upgrade for `delay(sendID)` (the simulated slowness, not synchronisation), then runs
+/// `serve(sendID, socket)`. Dropping it stops the acceptor; connection threads end with their
+/// sockets (the stress child has exited by then).
+struct Fake {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    acceptor: Option<thread::JoinHandle<()>>,
+}
+
+type Ws = tungstenite::WebSocket<TcpStream>;
+
+impl Fake {
+    fn start(
+        delay: impl Fn(&str) -> Duration + Send + Sync + 'static,
+        serve: impl Fn(&str, Ws) + Send + Sync + 'static,
+    ) -> Fake {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let handlers = Arc::new((delay, serve));
+        let acceptor = thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop2.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let handlers = handlers.clone();
+                thread::spawn(move || {
+                    let mut user = String::new();
+                    #[allow(clippy::result_large_err)] // tungstenite's callback signature
+                    let callback = |req: &tungstenite::handshake::server::Request, resp| {
+                        let query = req.uri().query().unwrap_or_default();
+                        user = query.split('&').find_map(|kv| kv.strip_prefix("sendID=")).unwrap_or_default().into();
+                        thread::sleep((handlers.0)(&user));
+                        Ok(resp)
+                    };
+                    if let Ok(ws) = tungstenite::accept_hdr(stream, callback) {
+                        (handlers.1)(&user, ws);
+                    }
+                });
+            }
+        });
+        Fake { addr, stop, acceptor: Some(acceptor) }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(self.addr); // wakes the acceptor
+        if let Some(a) = self.acceptor.take() {
+            let _ = a.join();
+        }
+    }
+}
+
+/// The ack the gateway sends for a 1003 frame.
+fn ack_for(frame: &str, delivered: u64) -> Option<String> {
+    let v: Value = serde_json::from_str(frame).ok()?;
+    (v["reqIdentifier"] == 1003).then(|| {
+        serde_json::json!({
+            "reqIdentifier": 1003, "msgIncr": v["msgIncr"], "operationID": v["operationID"], "errCode": 0,
+            "errMsg": "", "data": {"clientMsgID": v["data"]["clientMsgID"], "delivered": delivered},
+        })
+        .to_string()
+    })
+}
+
+/// Reads until the client goes, answering each 1003 with its ack after `ack_delay`.
+fn ack_everything(mut ws: Ws, ack_delay: Duration) {
+    while let Ok(msg) = ws.read() {
+        if let Some(ack) = msg.to_text().ok().and_then(|t| ack_for(t, 0)) {
+            thread::sleep(ack_delay); // the simulated slow ack
+            if ws.send(tungstenite::Message::text(ack)).is_err() {
+                return;
+            }
+        }
+    }
+}
+
 fn u(v: &Value, path: &str) -> u64 {
     let mut cur = v;
     for part in path.split('.') {
@@ -210,6 +309,27 @@ fn churn_with_expect_push_relay_idle_and_fanout_report_sane_numbers() {
     });
 }
 
+/// A churn cycle started just before the window ends but opened only in the drain must not send
+/// then: its ack, due within --stall-timeout of the send, could come after the drain's bound and
+/// be counted lost. stc1's upgrade and ack take 1.8 s each, both under --stall-timeout 2s; stc0
+/// is fast. The old code sent stc1's message at 1.8 s (in the drain), the ack was due at 3.6 s,
+/// the drain ended at 3.3 s, and the run failed with a lost ack and no stall.
+#[test]
+fn churn_sends_nothing_after_the_window_so_nothing_is_counted_lost_early() {
+    watchdog(Duration::from_secs(30), || {
+        let slow = |user: &str| if user == "stc1" { Duration::from_millis(1800) } else { Duration::ZERO };
+        let fake = Fake::start(slow, move |user, ws| ack_everything(ws, slow(user)));
+        let url = fake.url();
+        let args = ["churn", "--users", "2", "--duration", "1s", "--stall-timeout", "2s", "--url", &url];
+        let (status, stdout, stderr, r) = stress(&args, Duration::from_secs(20));
+        assert_eq!(status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+        assert_eq!((u(&r, "lost_acks"), u(&r, "stalls"), u(&r, "errors")), (0, 0, 0), "{r:#}");
+        assert!(u(&r, "cycles") > 0, "stc0 cycled: {r:#}");
+        assert!(r["drain_s"].as_f64().unwrap() < 1.0, "nothing sent in the drain to wait for: {r:#}");
+        drop(fake);
+    });
+}
+
 /// A listener that accepts and never answers: every handshake must be reported as a stall after
 /// --stall-timeout, and the run must end (exit 1) rather than hang.
 #[test]
@@ -250,23 +370,57 @@ fn a_server_that_never_answers_is_reported_as_stalled_handshakes() {
     });
 }
 
+/// A local port nothing listens on: bad-argument runs get it as `--url`, so that a run the
+/// check fails to refuse cannot reach a real server (such as a developer's on 10001).
+fn closed_url() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("ws://{addr}")
+}
+
 #[test]
 fn bad_arguments_exit_2_with_a_clear_message() {
     watchdog(Duration::from_secs(30), || {
-        let cases: [(&[&str], &str); 5] = [
+        let url = closed_url();
+        let cases: [(&[&str], &str); 4] = [
             (&["churn", "--users", "0"], "--users"),
             (&["relay", "--url", "http://127.0.0.1:1"], "ws://"),
             (&["idle", "--stall-timeout", "soon"], "--stall-timeout"),
-            (&["idle", "--users", "10000000"], "open-file limit allows"),
             (&["fanout", "--users", "3"], "--recipients"),
         ];
         for (args, needle) in cases {
             let mut full = vec!["stress"];
             full.extend_from_slice(args);
+            if !args.contains(&"--url") {
+                full.extend_from_slice(&["--url", &url]);
+            }
             let (status, stdout, stderr) = Child_::spawn(&full).finish(Duration::from_secs(10));
             assert_eq!(status.code(), Some(2), "{args:?}: stderr:\n{stderr}");
             assert!(stderr.contains(needle), "{args:?}: stderr should mention {needle:?}:\n{stderr}");
             assert!(stdout.is_empty(), "{args:?}: no report: {stdout}");
         }
+    });
+}
+
+/// More connections than the open-file limit allows is refused before any connect. The child
+/// runs under `prlimit` with a small known limit (the host's may be unlimited), against a port
+/// nothing listens on. The check itself is unit-tested in src/cli/stress/mod.rs.
+#[test]
+fn a_run_beyond_the_open_file_limit_exits_2_before_connecting() {
+    watchdog(Duration::from_secs(30), || {
+        let prlimit = Command::new("prlimit").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
+        if !prlimit.is_ok_and(|s| s.success()) {
+            eprintln!("skipped: no prlimit(1) here to run the child under a known open-file limit");
+            return;
+        }
+        let url = closed_url();
+        let args = ["stress", "idle", "--users", "5000", "--url", &url];
+        let (status, stdout, stderr) =
+            Child_::spawn_via(&["prlimit", "--nofile=1024:1024", "--"], &args).finish(Duration::from_secs(10));
+        assert_eq!(status.code(), Some(2), "stderr:\n{stderr}");
+        assert!(stderr.contains("needs up to 5000 connections"), "{stderr}");
+        assert!(stderr.contains("open-file limit allows 960"), "1024 - 64 reserved: {stderr}");
+        assert!(stdout.is_empty(), "no report: {stdout}");
     });
 }

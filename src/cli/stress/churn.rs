@@ -188,9 +188,13 @@ impl Thread {
         }
         u.wait = None;
         // Old sessions waiting for a kick that this (failed) login will not cause: close them.
-        for p in u.prevs.drain(..).filter(|p| p.due_since.is_none()) {
-            net.close(p.id);
-        }
+        // Those already due (an earlier login opened) stay tracked: their kick is still coming.
+        u.prevs.retain(|p| {
+            if p.due_since.is_none() {
+                net.close(p.id);
+            }
+            p.due_since.is_some()
+        });
         u.retry_at = Some(now + RETRY);
     }
 
@@ -225,6 +229,11 @@ impl Thread {
         if u.conn != Some(id) {
             return;
         }
+        if self.shared.phase() != Phase::Run {
+            // Opened after the window: its message would be sent too late for the drain to wait
+            // --stall-timeout for it. Closed, not counted (the same as in the drain's tick).
+            return self.abort_cycle(net, i, now);
+        }
         for p in &mut u.prevs {
             p.due_since.get_or_insert(now);
         }
@@ -241,6 +250,12 @@ impl Thread {
             u.wait = Some(wait);
             net.tally.counts.sent += 1;
             self.shared.sent.fetch_add(1, Relaxed);
+        } else {
+            // Not queued (the connection ended as it opened): without this the user would hold
+            // an open cycle that waits for nothing until the end of the run.
+            let who = u.name.clone();
+            net.error("send_failed", || format!("{who}: the cycle's 1003 could not be written"));
+            self.abort_cycle(net, i, now);
         }
     }
 
@@ -483,6 +498,14 @@ impl Driver for Thread {
                 }
             }
             Phase::Drain => {
+                // No new work after the window: a cycle whose message is not sent yet (still
+                // connecting) is closed and not counted; only what was sent is waited for.
+                for i in 0..self.users.len() {
+                    let u = &self.users[i];
+                    if u.conn.is_some() && u.wait.is_none() {
+                        self.abort_cycle(net, i, now);
+                    }
+                }
                 if !self.drained && self.users.iter().all(|u| u.conn.is_none() && u.prevs.is_empty()) {
                     self.drained = true;
                     self.shared.drained.fetch_add(1, Relaxed);
@@ -516,14 +539,18 @@ impl Driver for Thread {
 impl Scenario for Thread {
     type Extra = ();
 
-    fn finish(self, net: &mut Net) {
+    fn finish(mut self, net: &mut Net) {
+        // The drain normally declares these (every message was sent before it began, and it
+        // lasts longer than --stall-timeout); what is left is lost only once --stall-timeout old.
+        let now = Instant::now();
+        self.check_stalls(net, now);
         for u in &self.users {
             if let Some(w) = &u.wait {
-                if !w.acked {
-                    net.tally.counts.lost_acks += 1;
-                } else if !w.pushed {
-                    net.tally.counts.lost_pushes += 1;
-                }
+                let who = u.name.clone();
+                let waited = now.duration_since(w.sent_at);
+                net.error("outstanding_at_stop", || {
+                    format!("{who}: message {} sent only {waited:?} before the run stopped (not counted as lost)", w.id)
+                });
             }
         }
     }

@@ -148,15 +148,7 @@ impl Common {
                 return bad(format!("--server-pid {pid}: cannot read /proc/{pid}/status (no such process?)"));
             }
         }
-        let allowed = open_file_budget();
-        if let Some(allowed) = allowed {
-            if max_conns as u64 > allowed {
-                return bad(format!(
-                    "this run needs up to {max_conns} connections but the open-file limit allows {allowed} \
-                     (the limit minus {RESERVED_FDS} reserved); lower --users or raise the hard limit (ulimit -Hn)"
-                ));
-            }
-        }
+        check_budget(max_conns, open_file_budget()).map_err(Failure::Config)?;
         let sources =
             if self.source_addrs == 0 { max_conns.div_ceil(client::PER_SOURCE).max(1) } else { self.source_addrs };
         let target = Target::parse(&self.url, &secret, sources).map_err(Failure::Config)?;
@@ -183,6 +175,17 @@ impl Common {
             prefix: self.prefix,
             url: self.url,
         })
+    }
+}
+
+/// Refuses a run that needs more than `allowed` connections (`None`: no known limit).
+fn check_budget(max_conns: usize, allowed: Option<u64>) -> Result<(), String> {
+    match allowed {
+        Some(allowed) if max_conns as u64 > allowed => Err(format!(
+            "this run needs up to {max_conns} connections but the open-file limit allows {allowed} \
+             (the limit minus {RESERVED_FDS} reserved); lower --users or raise the hard limit (ulimit -Hn)"
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -258,4 +261,17 @@ fn kinds(map: &serde_json::Value) -> String {
     map.as_object()
         .map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_file_budget_refuses_runs_that_need_more() {
+        assert_eq!(check_budget(960, Some(960)), Ok(()));
+        let e = check_budget(961, Some(960)).unwrap_err();
+        assert!(e.contains("needs up to 961 connections") && e.contains("open-file limit allows 960"), "{e}");
+        assert_eq!(check_budget(usize::MAX, None), Ok(()), "no known limit: nothing to refuse");
+    }
 }

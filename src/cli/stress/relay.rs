@@ -239,23 +239,31 @@ pub fn execute(
         }
         sent.extend(c.sent);
     }
-    let end_ms = (outcome.ramp_s + outcome.window_s + outcome.drain_s) * 1000.0;
+    let stall_ns = s.stall.as_nanos() as u64;
     for (key, recipient, sent_ns) in sent {
         for &session in &st.users[recipient as usize].sessions {
-            if !received.contains(&(key, session)) {
-                tally.counts.lost_pushes += 1;
-                let (sender, seq) = ((key >> 32) as u32, key as u32);
-                let sent_ms = sent_ns / 1_000_000;
-                tally.stall(Stall {
-                    kind: "push",
-                    user: st.users[recipient as usize].name.clone(),
-                    what: format!(
-                        "2001 of message {sender}.{seq} (sent by session {sender}) at session {session}: never arrived"
-                    ),
-                    waited_ms: (end_ms as u64).saturating_sub(sent_ms),
-                    at_ms: end_ms as u64,
-                });
+            if received.contains(&(key, session)) {
+                continue;
             }
+            let (sender, seq) = ((key >> 32) as u32, key as u32);
+            let waited_ns = outcome.stop_ns.saturating_sub(sent_ns);
+            if waited_ns < stall_ns {
+                // The run stopped before this push's deadline (only when it stopped early).
+                tally.error("outstanding_at_stop", || {
+                    format!("2001 of message {sender}.{seq} at session {session}: sent {waited_ns} ns before the stop")
+                });
+                continue;
+            }
+            tally.counts.lost_pushes += 1;
+            tally.stall(Stall {
+                kind: "push",
+                user: st.users[recipient as usize].name.clone(),
+                what: format!(
+                    "2001 of message {sender}.{seq} (sent by session {sender}) at session {session}: never arrived"
+                ),
+                waited_ms: waited_ns / 1_000_000,
+                at_ms: outcome.stop_ns / 1_000_000,
+            });
         }
     }
     let mut failures = outcome.failures;
@@ -605,9 +613,16 @@ impl Scenario for Thread {
     type Extra = Collected;
 
     fn finish(mut self, net: &mut Net) -> Collected {
+        // The drain normally declared these; what is left is lost only once --stall-timeout old.
+        let now = Instant::now();
+        self.check_stalls(net, now);
         for s in &mut self.sess {
-            net.tally.counts.lost_acks += s.pending.len() as u64;
-            s.pending.clear();
+            for (seq, p) in s.pending.drain() {
+                let (who, waited) = (s.who.clone(), now.duration_since(p.sent_at));
+                net.error("outstanding_at_stop", || {
+                    format!("{who}: ack of message {}.{seq} sent only {waited:?} before the stop", s.global)
+                });
+            }
         }
         self.coll
     }

@@ -1,7 +1,12 @@
 //! The run's timeline, shared by every scenario: spawn the client threads, ramp (open what the
 //! scenario holds), the measurement window (`--duration`), the drain (at most
-//! `--stall-timeout`), stop; take the /proc samples at the phase boundaries; show the live
-//! progress line; merge what the threads measured.
+//! `--stall-timeout` + [`DRAIN_MARGIN`]), stop (at most [`CLOSE_GRACE`] plus the joins); take
+//! the /proc samples at the phase boundaries; show the live progress line; merge what the
+//! threads measured.
+//!
+//! Scenarios send nothing after the window (a churn cycle not sent yet when it ends is closed,
+//! not counted), so every message was sent before the drain began, and the drain, longer than
+//! `--stall-timeout`, lets each one reach its own deadline before anything is counted lost.
 //!
 //! Owns [`Shared`] (the phase and the live counters every thread updates) and the bounds that
 //! make a run end whatever the server does. Must not know any scenario's protocol logic.
@@ -19,6 +24,10 @@ use super::Failure;
 
 /// How long threads get to close their connections after the drain.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// The drain lasts at most `--stall-timeout` plus this: time for the threads (which check their
+/// deadlines every 20-50 ms) to declare what was sent just before the window ended.
+pub const DRAIN_MARGIN: Duration = Duration::from_millis(300);
 
 /// Where the run is; every thread reads it each turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -141,13 +150,18 @@ pub struct Outcome<X> {
     pub open_at_window_end: u64,
     /// The drain ended with work outstanding.
     pub drain_timed_out: bool,
+    /// When the stop began, ns since the run started: pushes not read by then are lost if they
+    /// were sent at least `--stall-timeout` earlier.
+    pub stop_ns: u64,
     pub failures: Vec<String>,
 }
 
 /// A scenario's per-thread driver that can also hand back what it collected.
 pub trait Scenario: Driver + Send + 'static {
     type Extra: Send + 'static;
-    /// Called once the thread's loop ended: count what is still outstanding as lost.
+    /// Called once the thread's loop ended: count what is still outstanding as lost when it was
+    /// sent at least `--stall-timeout` ago (with a stall record), else as the
+    /// `outstanding_at_stop` error (the run stopped before its deadline: not a loss).
     fn finish(self, net: &mut Net) -> Self::Extra;
 }
 
@@ -237,7 +251,7 @@ pub fn run<S: Scenario>(
         // Drain: the threads declare their own stalls after --stall-timeout; the margin lets them.
         shared.set_phase(Phase::Drain);
         let drain_start = Instant::now();
-        let limit = settings.stall + Duration::from_millis(300);
+        let limit = settings.stall + DRAIN_MARGIN;
         while !(shared.drained.load(Relaxed) >= threads && shared.nothing_outstanding()) && finished < threads {
             if drain_start.elapsed() >= limit {
                 drain_timed_out = true;
@@ -249,6 +263,7 @@ pub fn run<S: Scenario>(
         drain_s = drain_start.elapsed().as_secs_f64();
     }
     shared.set_phase(Phase::Stop);
+    let stop_ns = shared.now_ns();
     progress.update("stop");
 
     let mut tally = Tally::default();
@@ -275,6 +290,7 @@ pub fn run<S: Scenario>(
         client_cpu_us,
         open_at_window_end,
         drain_timed_out,
+        stop_ns,
         failures,
     })
 }
