@@ -383,10 +383,12 @@ fn closed_url() -> String {
 fn bad_arguments_exit_2_with_a_clear_message() {
     watchdog(Duration::from_secs(30), || {
         let url = closed_url();
-        let cases: [(&[&str], &str); 4] = [
+        let cases: [(&[&str], &str); 6] = [
             (&["churn", "--users", "0"], "--users"),
             (&["relay", "--url", "http://127.0.0.1:1"], "ws://"),
             (&["idle", "--stall-timeout", "soon"], "--stall-timeout"),
+            (&["idle", "--source-addrs", "1000000000"], "--source-addrs must be from 1 to 65535"),
+            (&["idle", "--source-addrs", "2", "--url", "ws://[::1]:1"], "IPv4 loopback"),
             (&["fanout", "--users", "3"], "--recipients"),
         ];
         for (args, needle) in cases {

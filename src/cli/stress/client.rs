@@ -29,9 +29,23 @@ use tungstenite::{Error as WsError, Message, Utf8Bytes, WebSocket};
 use super::report::{Lat, Stall, Tally};
 use super::run::{Phase, Shared};
 
-/// Sessions per source address before another 127.0.0.x is used (the ephemeral port range
+/// Sessions per source address before another 127.x address is used (the ephemeral port range
 /// holds about 28k ports; TIME_WAIT and other users need the rest).
 pub const PER_SOURCE: usize = 20_000;
+
+/// The most `--source-addrs`: the distinct 127.0.x.y addresses [`Target::parse`] generates
+/// (127.0.0.1 up to 127.0.255.255).
+pub const MAX_SOURCES: usize = 65_535;
+
+/// How many source addresses to spread the connections over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sources {
+    /// `--source-addrs 0`: one per [`PER_SOURCE`] of `conns` connections when the target is IPv4
+    /// loopback, else one (the kernel chooses; extra 127.x sources only reach a loopback target).
+    Auto { conns: usize },
+    /// As given: 1..=[`MAX_SOURCES`]; more than 1 needs an IPv4 loopback target.
+    Exactly(usize),
+}
 
 /// Where to connect, and how to log in.
 pub struct Target {
@@ -46,9 +60,10 @@ pub struct Target {
 }
 
 impl Target {
-    /// Parses `--url` (`ws://host:port[/path]`) and resolves it once. `sources` > 1 spreads the
-    /// connections over 127.0.0.1..=127.0.0.`sources` (loopback targets only).
-    pub fn parse(url: &str, secret: &str, sources: usize) -> Result<Target, String> {
+    /// Parses `--url` (`ws://host:port[/path]`) and resolves it once. More than one source
+    /// spreads the connections over the first that many addresses after 127.0.0.0 (127.0.0.1,
+    /// ..., 127.0.0.255, 127.0.1.0, ...; loopback targets only).
+    pub fn parse(url: &str, secret: &str, sources: Sources) -> Result<Target, String> {
         let rest = match url.strip_prefix("ws://") {
             Some(rest) => rest,
             None if url.starts_with("wss://") => {
@@ -76,13 +91,20 @@ impl Target {
             .map_err(|e| format!("--url: cannot resolve {authority:?}: {e}"))?
             .next()
             .ok_or_else(|| format!("--url: {authority:?} resolves to no address"))?;
-        let sources = if sources > 1 {
-            if !addr.ip().is_loopback() || !addr.is_ipv4() {
-                return Err(format!(
-                    "--source-addrs {sources} needs an IPv4 loopback target (127.0.0.x sources), not {addr}"
-                ));
+        let loopback_v4 = addr.is_ipv4() && addr.ip().is_loopback();
+        let sources = match sources {
+            Sources::Auto { .. } if !loopback_v4 => 1,
+            Sources::Auto { conns } => conns.div_ceil(PER_SOURCE).clamp(1, MAX_SOURCES),
+            Sources::Exactly(n) if n == 0 || n > MAX_SOURCES => {
+                return Err(format!("--source-addrs must be from 1 to {MAX_SOURCES} (or 0: auto), got {n}"))
             }
-            (1..=sources).map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, (i / 256) as u8, (i % 256) as u8))).collect()
+            Sources::Exactly(n) if n > 1 && !loopback_v4 => {
+                return Err(format!("--source-addrs {n} needs an IPv4 loopback target (127.x sources), not {addr}"))
+            }
+            Sources::Exactly(n) => n,
+        };
+        let sources = if sources > 1 {
+            (1..=sources as u32).map(|i| IpAddr::V4(Ipv4Addr::from(0x7f00_0000 | i))).collect()
         } else {
             Vec::new()
         };
@@ -666,18 +688,50 @@ mod tests {
         r.err().expect("an error")
     }
 
+    const ONE: Sources = Sources::Exactly(1);
+
     #[test]
     fn parses_urls() {
-        let t = Target::parse("ws://127.0.0.1:10001", "s", 1).ok().unwrap();
+        let t = Target::parse("ws://127.0.0.1:10001", "s", ONE).ok().unwrap();
         assert_eq!(t.addr, "127.0.0.1:10001".parse().unwrap());
         assert!(t.url("u1", 1).starts_with("ws://127.0.0.1:10001/?token="));
-        let t = Target::parse("ws://127.0.0.1:9/gw", "s", 3).ok().unwrap();
+        let t = Target::parse("ws://127.0.0.1:9/gw", "s", Sources::Exactly(3)).ok().unwrap();
         assert!(t.url("u1", 2).starts_with("ws://127.0.0.1:9/gw?token="));
         assert_eq!(t.sources.len(), 3);
-        assert!(err(Target::parse("http://127.0.0.1:1", "s", 1)).contains("ws://"));
-        assert!(err(Target::parse("wss://127.0.0.1:1", "s", 1)).contains("wss"));
-        assert!(err(Target::parse("ws://127.0.0.1:1/?a=b", "s", 1)).contains("query"));
-        assert!(Target::parse("ws://", "s", 1).is_err());
+        assert!(err(Target::parse("http://127.0.0.1:1", "s", ONE)).contains("ws://"));
+        assert!(err(Target::parse("wss://127.0.0.1:1", "s", ONE)).contains("wss"));
+        assert!(err(Target::parse("ws://127.0.0.1:1/?a=b", "s", ONE)).contains("query"));
+        assert!(Target::parse("ws://", "s", ONE).is_err());
+    }
+
+    #[test]
+    fn auto_sources_fall_back_to_one_for_targets_that_are_not_ipv4_loopback() {
+        let auto = Sources::Auto { conns: 30_000 };
+        assert_eq!(Target::parse("ws://127.0.0.1:1", "s", auto).ok().unwrap().sources(), 2);
+        // A remote or IPv6 target: the kernel's source address, not a refusal of a flag never given.
+        for url in ["ws://10.0.0.5:10001", "ws://[::1]:10001"] {
+            let t = Target::parse(url, "s", auto).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert!(t.sources.is_empty(), "{url}");
+        }
+        // Asked for explicitly, it stays an error.
+        let e = err(Target::parse("ws://10.0.0.5:10001", "s", Sources::Exactly(2)));
+        assert!(e.contains("--source-addrs 2") && e.contains("loopback"), "{e}");
+        assert!(err(Target::parse("ws://[::1]:1", "s", Sources::Exactly(2))).contains("loopback"));
+    }
+
+    #[test]
+    fn source_addrs_are_bounded_and_distinct() {
+        for n in [0, MAX_SOURCES + 1, 1_000_000_000] {
+            let e = err(Target::parse("ws://127.0.0.1:1", "s", Sources::Exactly(n)));
+            assert!(e.contains("--source-addrs must be from 1 to 65535"), "{n}: {e}");
+        }
+        let t = Target::parse("ws://127.0.0.1:1", "s", Sources::Exactly(MAX_SOURCES)).ok().unwrap();
+        let distinct: std::collections::HashSet<_> = t.sources.iter().collect();
+        assert_eq!(distinct.len(), MAX_SOURCES);
+        assert_eq!(t.sources[0], IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)));
+        assert_eq!(t.sources[255], IpAddr::V4(Ipv4Addr::new(127, 0, 1, 0)));
+        assert_eq!(t.sources[MAX_SOURCES - 1], IpAddr::V4(Ipv4Addr::new(127, 0, 255, 255)));
+        assert!(t.sources.iter().all(|ip| ip.is_loopback() && *ip != IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0))));
     }
 
     #[test]

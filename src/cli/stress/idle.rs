@@ -1,8 +1,8 @@
-//! `stress idle`: open N sessions (spread over 127.0.0.x source addresses past 20000 per
-//! address), hold them for `--duration` while reading (so that tungstenite answers the server's
+//! `stress idle`: open N sessions (against 127.0.0.1, spread over 127.x source addresses past 20000
+//! per address), hold them for `--duration` while reading (so that tungstenite answers the server's
 //! pings and the server does not close them as silent), then close them. Reports handshakes per
-//! second during the ramp and, with `--server-pid`, the server's RSS growth per session: RSS at
-//! the end of the hold minus RSS before the first connect, divided by the sessions open.
+//! second during the ramp and, with `--server-pid`, the server's RSS growth per session: RSS at the
+//! end of the hold minus RSS before the first connect, divided by the sessions open.
 //!
 //! Owns only the plan: the relay engine (relay.rs) runs it with no sender. Must not send
 //! anything on the held sessions.

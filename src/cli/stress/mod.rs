@@ -28,7 +28,7 @@ use std::time::Duration;
 use clap::Subcommand;
 
 use super::{Failure, OpenFileLimit, RESERVED_FDS};
-use client::Target;
+use client::{Sources, Target};
 use report::Summary;
 use run::Settings;
 
@@ -83,7 +83,8 @@ pub struct Common {
     ramp_timeout: Duration,
 
     /// Connections opening at once during the ramp (split over the threads). Keep it under the
-    /// server's listen backlog (often 128), or SYNs are dropped and retried a second later.
+    /// server's listen backlog (net.core.somaxconn caps it; std's default is 128), or SYNs are
+    /// dropped and retried a second later.
     #[arg(long, value_name = "N", default_value_t = 100)]
     ramp_concurrency: usize,
 
@@ -99,7 +100,8 @@ pub struct Common {
     #[arg(long, value_name = "N", default_value_t = 2)]
     threads: usize,
 
-    /// Spread connections over 127.0.0.1..=127.0.0.K source addresses; 0: one per 20000 connections.
+    /// Spread connections over K source addresses 127.0.0.1, 127.0.0.2, ... (1 to 65535, IPv4
+    /// loopback targets only); 0: one per 20000 connections to 127.x, else 1.
     #[arg(long, value_name = "K", default_value_t = 0)]
     source_addrs: usize,
 
@@ -149,9 +151,26 @@ impl Common {
             }
         }
         check_budget(max_conns, open_file_budget()).map_err(Failure::Config)?;
-        let sources =
-            if self.source_addrs == 0 { max_conns.div_ceil(client::PER_SOURCE).max(1) } else { self.source_addrs };
+        if self.source_addrs > client::MAX_SOURCES {
+            // Checked before anything is allocated for them.
+            return bad(format!(
+                "--source-addrs must be from 1 to {} (or 0: auto), got {}",
+                client::MAX_SOURCES,
+                self.source_addrs
+            ));
+        }
+        let sources = match self.source_addrs {
+            0 => Sources::Auto { conns: max_conns },
+            n => Sources::Exactly(n),
+        };
         let target = Target::parse(&self.url, &secret, sources).map_err(Failure::Config)?;
+        if target.sources() == 1 && max_conns > client::PER_SOURCE {
+            eprintln!(
+                "msggate: warning: up to {max_conns} connections from one source address to {}: more than about \
+                 28000 at once can run out of ephemeral ports (more sources only work against 127.0.0.1)",
+                self.url
+            );
+        }
         let json = match self.json {
             Some(path) => {
                 let f = File::create(&path)
