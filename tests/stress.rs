@@ -330,6 +330,51 @@ fn churn_sends_nothing_after_the_window_so_nothing_is_counted_lost_early() {
     });
 }
 
+/// `sessions_open` for churn --expect-push counts the listeners, not every open connection: here
+/// the server drops each user's listener when the user sends (and never acks, so the churning
+/// connections stay open through the window). Before the fix it reported min(open, users) = 3.
+#[test]
+fn churn_sessions_open_counts_only_the_listeners() {
+    watchdog(Duration::from_secs(30), || {
+        type Listeners = Arc<(std::sync::Mutex<std::collections::HashMap<String, TcpStream>>, std::sync::Condvar)>;
+        let listeners: Listeners = Arc::default();
+        let fake = Fake::start(
+            |_| Duration::ZERO,
+            move |user, mut ws| {
+                let (map, cv) = &*listeners;
+                if let Some(i) = user.strip_prefix("stl") {
+                    let clone = ws.get_ref().try_clone().unwrap();
+                    map.lock().unwrap().insert(i.to_owned(), clone);
+                    cv.notify_all();
+                }
+                while let Ok(msg) = ws.read() {
+                    let Some(i) = user.strip_prefix("stc") else { continue };
+                    if ack_for(msg.to_text().unwrap_or_default(), 1).is_none() {
+                        continue;
+                    }
+                    // Its listener is registered as its upgrade completes; the ramp waited for that.
+                    let guard = map.lock().unwrap();
+                    let (guard, _) =
+                        cv.wait_timeout_while(guard, Duration::from_secs(5), |m| !m.contains_key(i)).unwrap();
+                    if let Some(l) = guard.get(i) {
+                        let _ = l.shutdown(std::net::Shutdown::Both);
+                    }
+                }
+            },
+        );
+        let url = fake.url();
+        let args =
+            ["churn", "--expect-push", "--users", "3", "--duration", "1s", "--stall-timeout", "1500ms", "--url", &url];
+        let (status, stdout, stderr, r) = stress(&args, Duration::from_secs(20));
+        assert_eq!(status.code(), Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
+        assert_eq!((u(&r, "sessions_wanted"), u(&r, "sessions_open")), (3, 0), "{r:#}");
+        let failures = r["failures"].to_string();
+        assert!(failures.contains("only 0 of 3 listeners were open"), "{r:#}");
+        assert_eq!(u(&r, "errors_by_kind.closed_without_close_frame"), 3, "{r:#}");
+        drop(fake);
+    });
+}
+
 /// A listener that accepts and never answers: every handshake must be reported as a stall after
 /// --stall-timeout, and the run must end (exit 1) rather than hang.
 #[test]
@@ -364,6 +409,32 @@ fn a_server_that_never_answers_is_reported_as_stalled_handshakes() {
             assert!(stderr.contains("stall"), "why on stderr:\n{stderr}");
             assert!(stdout.contains("handshake stalled"), "the text report describes it:\n{stdout}");
         }
+
+        // churn's listeners are opened at most --ramp-concurrency at once: two stall at about
+        // 1 s, and only then are the next two opened, to stall at about 2 s (all four at once
+        // before this was fixed).
+        let args = [
+            "churn",
+            "--expect-push",
+            "--users",
+            "4",
+            "--ramp-concurrency",
+            "2",
+            "--threads",
+            "1",
+            "--stall-timeout",
+            "1s",
+            "--url",
+            &url,
+        ];
+        let (status, stdout, stderr, r) = stress(&args, Duration::from_secs(20));
+        assert_eq!(status.code(), Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
+        assert_eq!(u(&r, "stalls_by_kind.handshake"), 4, "{r:#}");
+        let at: Vec<u64> =
+            r["stall_examples"].as_array().unwrap().iter().map(|e| e["at_ms"].as_u64().unwrap()).collect();
+        let (first, last) = (at.iter().min().unwrap(), at.iter().max().unwrap());
+        assert!(last - first >= 900, "the second pair must wait for the first: stalled at {at:?} ms");
+
         stop.store(true, Ordering::Relaxed);
         let _ = std::net::TcpStream::connect(addr); // wakes the acceptor
         acceptor.join().unwrap();

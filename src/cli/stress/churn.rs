@@ -84,7 +84,12 @@ struct Thread {
     expect_push: bool,
     stall: Duration,
     shared: Arc<Shared>,
-    ramp_started: bool,
+    /// Listeners connecting at once during the ramp (this thread's share of --ramp-concurrency).
+    concurrency: usize,
+    /// Listeners connecting now.
+    connecting: usize,
+    /// The next user whose listener the ramp opens.
+    next_listener: usize,
     ready: bool,
     drained: bool,
     stop_at: Option<Instant>,
@@ -106,7 +111,9 @@ pub fn run(args: Args) -> Result<(), Failure> {
             expect_push: args.expect_push,
             stall: s.stall,
             shared: shared.clone(),
-            ramp_started: false,
+            concurrency: s.ramp_concurrency.div_ceil(s.threads).max(1),
+            connecting: 0,
+            next_listener: 0,
             ready: false,
             drained: false,
             stop_at: None,
@@ -138,8 +145,14 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let mut tally = outcome.tally;
     let c = &tally.counts;
     let mut failures = outcome.failures;
-    if failures.is_empty() && c.cycles == 0 {
+    // Past a failed ramp nothing was measured: these verdicts would only repeat it.
+    let ramp_ok = failures.is_empty();
+    if ramp_ok && c.cycles == 0 {
         failures.push("no cycle completed".into());
+    }
+    let listeners_open = if args.expect_push { outcome.held_at_window_end } else { 0 };
+    if ramp_ok && args.expect_push && listeners_open < users as u64 {
+        failures.push(format!("only {listeners_open} of {users} listeners were open at the end of the window"));
     }
     if args.overlap && c.cycles > 1 && c.kicks == 0 {
         failures.push("--overlap: the server kicked no old session (does it implement same-terminal kick?)".into());
@@ -157,7 +170,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
         window_s: outcome.window_s,
         drain_s: outcome.drain_s,
         sessions_wanted: if args.expect_push { users as u64 } else { 0 },
-        sessions_open: if args.expect_push { outcome.open_at_window_end.min(users as u64) } else { 0 },
+        sessions_open: listeners_open,
+        sessions_at_ramp_end: if args.expect_push { outcome.held_at_ramp_end } else { 0 },
         tally,
         server: outcome.server,
         client_cpu_us: outcome.client_cpu_us,
@@ -223,7 +237,11 @@ impl Thread {
     fn on_open(&mut self, net: &mut Net, i: usize, id: usize, listener: bool, now: Instant) {
         let u = &mut self.users[i];
         if listener {
-            u.listener_open = u.listener == Some(id);
+            if u.listener == Some(id) && !u.listener_open {
+                u.listener_open = true;
+                self.connecting = self.connecting.saturating_sub(1);
+                self.shared.held.fetch_add(1, Relaxed);
+            }
             return;
         }
         if u.conn != Some(id) {
@@ -357,7 +375,11 @@ impl Thread {
                 return;
             }
             u.listener = None;
-            u.listener_open = false;
+            if std::mem::take(&mut u.listener_open) {
+                self.shared.held.fetch_sub(1, Relaxed);
+            } else {
+                self.connecting = self.connecting.saturating_sub(1);
+            }
             if phase == Phase::Ramp {
                 self.shared.ramp_failed.fetch_add(1, Relaxed);
             } else if phase < Phase::Stop {
@@ -473,17 +495,17 @@ impl Driver for Thread {
     fn tick(&mut self, net: &mut Net, now: Instant) -> Duration {
         match self.shared.phase() {
             Phase::Ramp => {
-                if !self.ramp_started {
-                    self.ramp_started = true;
-                    if self.expect_push {
-                        for (i, u) in self.users.iter_mut().enumerate() {
-                            let who = format!("{} (listener)", u.partner);
-                            u.listener = Some(net.connect(owner(i, true), &who, &u.listener_url));
-                        }
-                    }
+                // The listeners, at most `concurrency` connecting at once.
+                while self.expect_push && self.connecting < self.concurrency && self.next_listener < self.users.len() {
+                    let i = self.next_listener;
+                    self.next_listener += 1;
+                    let u = &mut self.users[i];
+                    let who = format!("{} (listener)", u.partner);
+                    u.listener = Some(net.connect(owner(i, true), &who, &u.listener_url));
+                    self.connecting += 1;
                 }
                 if !self.ready
-                    && self.users.iter().all(|u| !self.expect_push || u.listener_open || u.listener.is_none())
+                    && (!self.expect_push || (self.next_listener == self.users.len() && self.connecting == 0))
                 {
                     self.ready = true;
                     self.shared.ready.fetch_add(1, Relaxed);

@@ -280,7 +280,8 @@ pub fn execute(
         window_s: outcome.window_s,
         drain_s: outcome.drain_s,
         sessions_wanted: wanted,
-        sessions_open: outcome.open_at_window_end,
+        sessions_open: outcome.held_at_window_end,
+        sessions_at_ramp_end: outcome.held_at_ramp_end,
         tally,
         server: outcome.server,
         client_cpu_us: outcome.client_cpu_us,
@@ -457,7 +458,9 @@ impl Thread {
         let was_open = s.open;
         s.conn = None;
         s.open = false;
-        if !was_open {
+        if was_open {
+            self.shared.held.fetch_sub(1, Relaxed);
+        } else {
             self.connecting -= 1;
         }
         if phase == Phase::Stop {
@@ -535,6 +538,7 @@ impl Driver for Thread {
                 if s.conn == Some(id) {
                     s.open = true;
                     self.connecting -= 1;
+                    self.shared.held.fetch_add(1, Relaxed);
                 }
             }
             Out::Text { owner, text, .. } => self.on_text(net, owner as usize, &text, now),

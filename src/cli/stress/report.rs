@@ -214,6 +214,8 @@ pub struct Summary {
     pub sessions_wanted: u64,
     /// Of those, open when the window ended.
     pub sessions_open: u64,
+    /// Of those, open when the ramp ended (the RSS figure of every scenario but idle is taken then).
+    pub sessions_at_ramp_end: u64,
     pub tally: Tally,
     pub server: Option<ServerSamples>,
     /// This process's CPU over the window, µs.
@@ -257,8 +259,13 @@ impl Summary {
     fn server_json(&self) -> Value {
         let Some(s) = self.server else { return Value::Null };
         let c = &self.tally.counts;
-        // Sessions held at "full": idle holds them through the window; the others are full at the ramp's end.
-        let full = if self.scenario == "idle" { s.window_end } else { s.ramp_end };
+        // Sessions held at "full": idle holds them through the window; the others are full at the
+        // ramp's end. RSS and the session count are taken at the same moment.
+        let (full, sessions) = if self.scenario == "idle" {
+            (s.window_end, self.sessions_open)
+        } else {
+            (s.ramp_end, self.sessions_at_ramp_end)
+        };
         let rss_growth = delta(s.before.rss_kib, full.rss_kib);
         let cpu_ramp = delta(s.before.cpu_us, s.ramp_end.cpu_us);
         let cpu_window = delta(s.ramp_end.cpu_us, s.window_end.cpu_us);
@@ -267,7 +274,7 @@ impl Summary {
             "rss_before_kib": s.before.rss_kib,
             "rss_full_kib": full.rss_kib,
             "rss_end_kib": s.window_end.rss_kib,
-            "rss_per_session_kib": ratio(rss_growth, self.sessions_open),
+            "rss_per_session_kib": ratio(rss_growth, sessions),
             "cpu_us_ramp": cpu_ramp,
             "cpu_us_per_session": ratio(cpu_ramp, c.handshakes_ramp),
             "cpu_us_window": cpu_window,
@@ -500,6 +507,7 @@ mod tests {
             drain_s: 0.0,
             sessions_wanted: 2,
             sessions_open: 2,
+            sessions_at_ramp_end: 2,
             tally: a,
             server: None,
             client_cpu_us: None,
@@ -511,5 +519,37 @@ mod tests {
         assert_eq!(j["stalls"], 1);
         assert_eq!(j["ok"], false);
         assert!(s.to_text().contains("u2 ack stalled"));
+    }
+
+    #[test]
+    fn rss_per_session_divides_by_the_sessions_open_when_the_rss_was_read() {
+        let sample = |rss: u64| Sample { rss_kib: Some(rss), cpu_us: Some(0) };
+        let summary = |scenario| Summary {
+            scenario,
+            url: "ws://x".into(),
+            threads: 1,
+            users: 100,
+            params: json!({}),
+            ramp_s: 1.0,
+            window_s: 1.0,
+            drain_s: 0.0,
+            sessions_wanted: 100,
+            // Half the sessions died during the window.
+            sessions_open: 50,
+            sessions_at_ramp_end: 100,
+            tally: Tally::default(),
+            server: Some(ServerSamples {
+                pid: 1,
+                before: sample(1000),
+                ramp_end: sample(2000),
+                window_end: sample(1600),
+            }),
+            client_cpu_us: None,
+            failures: Vec::new(),
+        };
+        // relay and fanout read RSS at the ramp's end, with 100 sessions open: 1000 KiB / 100.
+        assert_eq!(summary("relay").to_json()["server"]["rss_per_session_kib"], 10.0);
+        // idle reads it at the end of the hold, with 50 open: 600 KiB / 50.
+        assert_eq!(summary("idle").to_json()["server"]["rss_per_session_kib"], 12.0);
     }
 }

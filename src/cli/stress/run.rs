@@ -54,6 +54,9 @@ pub struct Shared {
     pub drained: AtomicUsize,
     /// Sessions that could not be opened during the ramp.
     pub ramp_failed: AtomicU64,
+    /// Sessions the scenario holds for the whole run (relay's, idle's and fanout's sessions,
+    /// churn's listeners) that are open now; the scenarios keep it.
+    pub held: AtomicI64,
     // Live counters for the progress line (the reports use the threads' tallies).
     pub open: AtomicI64,
     pub handshakes: AtomicU64,
@@ -80,6 +83,7 @@ impl Shared {
             ready: AtomicUsize::new(0),
             drained: AtomicUsize::new(0),
             ramp_failed: AtomicU64::new(0),
+            held: AtomicI64::new(0),
             open: AtomicI64::new(0),
             handshakes: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -146,8 +150,10 @@ pub struct Outcome<X> {
     pub drain_s: f64,
     pub server: Option<ServerSamples>,
     pub client_cpu_us: Option<u64>,
-    /// Sessions open when the window ended.
-    pub open_at_window_end: u64,
+    /// Held sessions ([`Shared::held`]) open when the ramp ended (when `server.ramp_end` was taken).
+    pub held_at_ramp_end: u64,
+    /// Held sessions open when the window ended (when `server.window_end` was taken).
+    pub held_at_window_end: u64,
     /// The drain ended with work outstanding.
     pub drain_timed_out: bool,
     /// When the stop began, ns since the run started: pushes not read by then are lost if they
@@ -224,6 +230,7 @@ pub fn run<S: Scenario>(
         failures.push(format!("{failed} sessions could not be opened during the ramp; nothing was measured"));
     }
     let ramp_end = Sample::take(pid);
+    let held_at_ramp_end = shared.held.load(Relaxed).max(0) as u64;
     let client_start = Sample::take(None);
 
     // Window.
@@ -231,7 +238,7 @@ pub fn run<S: Scenario>(
     let mut drain_s = 0.0;
     let mut window_end = ramp_end;
     let mut client_cpu_us = None;
-    let mut open_at_window_end = shared.open.load(Relaxed).max(0) as u64;
+    let mut held_at_window_end = held_at_ramp_end;
     let mut drain_timed_out = false;
     if failures.is_empty() && finished < threads {
         shared.set_phase(Phase::Run);
@@ -246,7 +253,7 @@ pub fn run<S: Scenario>(
         window_end = Sample::take(pid);
         client_cpu_us = Sample::take(None).cpu_us.zip(client_start.cpu_us).map(|(b, a)| b.saturating_sub(a));
         window_s = window_start.elapsed().as_secs_f64();
-        open_at_window_end = shared.open.load(Relaxed).max(0) as u64;
+        held_at_window_end = shared.held.load(Relaxed).max(0) as u64;
 
         // Drain: the threads declare their own stalls after --stall-timeout; the margin lets them.
         shared.set_phase(Phase::Drain);
@@ -288,7 +295,8 @@ pub fn run<S: Scenario>(
         drain_s,
         server,
         client_cpu_us,
-        open_at_window_end,
+        held_at_ramp_end,
+        held_at_window_end,
         drain_timed_out,
         stop_ns,
         failures,
