@@ -375,6 +375,52 @@ fn churn_sessions_open_counts_only_the_listeners() {
     });
 }
 
+/// A relay message that never reached the socket (its session died with it still buffered) is
+/// neither a lost ack nor a lost push: the server cannot have seen it. Each session queues
+/// 400 × 50 KB at once; the fake server reads 1 MiB of it and drops the socket, so most of the
+/// 20 MB is still in the client's buffer. Before the fix every one counted as a lost ack and a
+/// lost push.
+#[test]
+fn relay_messages_that_never_left_the_client_are_send_failed_not_lost() {
+    watchdog(Duration::from_secs(30), || {
+        let fake = Fake::start(
+            |_| Duration::ZERO,
+            |_, mut ws| {
+                let (mut buf, mut total) = (vec![0; 64 * 1024], 0);
+                while total < 1 << 20 {
+                    match std::io::Read::read(ws.get_mut(), &mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => total += n,
+                    }
+                }
+                // Dropped with unread data: the client's session ends (reset) mid-write.
+            },
+        );
+        let url = fake.url();
+        let args = [
+            "relay",
+            "--users",
+            "2",
+            "--inflight",
+            "400",
+            "--size",
+            "50000",
+            "--duration",
+            "1s",
+            "--stall-timeout",
+            "2s",
+            "--url",
+            &url,
+        ];
+        let (status, stdout, stderr, r) = stress(&args, Duration::from_secs(20));
+        assert_eq!(status.code(), Some(1), "the sessions died: stdout:\n{stdout}\nstderr:\n{stderr}");
+        assert_eq!((u(&r, "lost_acks"), u(&r, "lost_pushes")), (0, 0), "{r:#}");
+        // (Writes refused after the reset are not queued at all, so fewer than 800 are counted.)
+        assert!(u(&r, "errors_by_kind.send_failed") > 0, "{r:#}");
+        drop(fake);
+    });
+}
+
 /// A listener that accepts and never answers: every handshake must be reported as a stall after
 /// --stall-timeout, and the run must end (exit 1) rather than hang.
 #[test]

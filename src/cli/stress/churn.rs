@@ -488,7 +488,7 @@ impl Driver for Thread {
         match out {
             Out::Open { id, owner } => self.on_open(net, owner as usize / 2, id, owner % 2 == 1, now),
             Out::Text { id, owner, text } => self.on_text(net, owner as usize / 2, id, owner % 2 == 1, &text, now),
-            Out::End { id, owner, end } => self.on_end(net, owner as usize / 2, id, owner % 2 == 1, end, now),
+            Out::End { id, owner, end, .. } => self.on_end(net, owner as usize / 2, id, owner % 2 == 1, end, now),
         }
     }
 

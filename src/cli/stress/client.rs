@@ -155,8 +155,10 @@ pub enum Out {
     Open { id: usize, owner: u32 },
     /// A text frame (or a binary one holding UTF-8).
     Text { id: usize, owner: u32, text: Utf8Bytes },
-    /// The connection is gone; `id` may be reused from now on.
-    End { id: usize, owner: u32, end: End },
+    /// The connection is gone; `id` may be reused from now on. `unsent`: how many of the last
+    /// texts [`Net::send`] queued on it never completely reached the socket (they were still
+    /// buffered: the server cannot have read them).
+    End { id: usize, owner: u32, end: End, unsent: u64 },
 }
 
 enum State {
@@ -181,6 +183,8 @@ struct Conn {
     /// The server's close frame, when one came.
     close: Option<(u16, String)>,
     dirty: bool,
+    /// Texts queued since the last flush that wrote everything out.
+    unflushed: u64,
 }
 
 /// A client thread's connections.
@@ -236,6 +240,7 @@ impl Net {
             ended: false,
             close: None,
             dirty: false,
+            unflushed: 0,
         });
         let request = match url.into_client_request() {
             Ok(r) => r,
@@ -294,6 +299,7 @@ impl Net {
                 return false;
             }
         }
+        conn.unflushed += 1;
         self.mark_dirty(id);
         true
     }
@@ -351,7 +357,7 @@ impl Net {
                 self.shared.open.fetch_sub(1, Relaxed);
             }
         }
-        self.out.push_back(Out::End { id, owner: conn.owner, end });
+        self.out.push_back(Out::End { id, owner: conn.owner, end, unsent: conn.unflushed });
     }
 
     fn on_event(&mut self, id: usize) {
@@ -456,7 +462,7 @@ impl Net {
         conn.dirty = false;
         let State::Open(ws) = &mut conn.state else { return };
         match ws.flush() {
-            Ok(()) => {}
+            Ok(()) => conn.unflushed = 0, // everything queued is in the kernel's hands
             Err(WsError::Io(e)) if e.kind() == ErrorKind::WouldBlock => {} // WRITABLE will come
             Err(e) => self.ended(id, e, "flush"),
         }

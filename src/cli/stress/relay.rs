@@ -4,7 +4,9 @@
 //! chosen by the scenario; latency is measured from the write to the ack and to each
 //! recipient session's 2001. Every message has a unique clientMsgID (`SENDER.SEQ.NANOS`), so
 //! losses are exact: after the drain every (message, recipient session) pair not received is a
-//! lost push, every ack not received within `--stall-timeout` a lost ack.
+//! lost push, every ack not received within `--stall-timeout` a lost ack. Only messages that
+//! reached the socket are expected: one still in the write buffer when its session ended is the
+//! `send_failed` error.
 //!
 //! Owns one client thread's sessions, its senders' outstanding messages and the set of pushes
 //! it received. Must not block or sleep, and must not share per-message state across threads
@@ -144,6 +146,9 @@ pub struct Collected {
     received: HashSet<(u64, u32)>,
     /// (message key, recipient user, sent ns).
     sent: Vec<(u64, u32, u64)>,
+    /// Keys of messages in `sent` that never reached the socket (their session ended first):
+    /// no push is expected for them.
+    unsent: HashSet<u64>,
 }
 
 struct Thread {
@@ -159,6 +164,8 @@ struct Thread {
     window_start: Option<Instant>,
     rate_sent: u64,
     rate_rr: usize,
+    /// Local indices of the sessions that send (for `--rate`).
+    senders: Vec<usize>,
     drained: bool,
     stop_at: Option<Instant>,
     last_check: Instant,
@@ -201,11 +208,12 @@ pub fn execute(
             window_start: None,
             rate_sent: 0,
             rate_rr: 0,
+            senders: Vec::new(),
             drained: false,
             stop_at: None,
             last_check: now,
             rng: 0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9),
-            coll: Collected { received: HashSet::new(), sent: Vec::new() },
+            coll: Collected { received: HashSet::new(), sent: Vec::new(), unsent: HashSet::new() },
         })
         .collect();
     let wanted = plan.sessions.len() as u64;
@@ -225,12 +233,16 @@ pub fn execute(
             pending: HashMap::new(),
         });
     }
+    for d in &mut drivers {
+        d.senders = (0..d.sess.len()).filter(|&li| d.sess[li].sends).collect();
+    }
     let outcome = run::run(s, shared, drivers)?;
     let mut tally = outcome.tally;
 
     // Which (message, recipient session) pairs never arrived.
     let mut received: HashSet<(u64, u32)> = HashSet::new();
     let mut sent = Vec::new();
+    let mut unsent = HashSet::new();
     for c in outcome.extras {
         if received.is_empty() {
             received = c.received;
@@ -238,7 +250,9 @@ pub fn execute(
             received.extend(c.received);
         }
         sent.extend(c.sent);
+        unsent.extend(c.unsent);
     }
+    sent.retain(|(key, _, _)| !unsent.contains(key));
     let stall_ns = s.stall.as_nanos() as u64;
     for (key, recipient, sent_ns) in sent {
         for &session in &st.users[recipient as usize].sessions {
@@ -332,8 +346,8 @@ impl Thread {
         let recipient = self.pick_recipient(li);
         let st = &self.st;
         let s = &mut self.sess[li];
+        // Consumed only when queued: a session's last N queued messages are its last N seqs.
         let seq = s.seq;
-        s.seq = s.seq.wrapping_add(1);
         let id = MsgId { sender: s.global, seq, sent_ns: self.shared.now_ns() };
         let text = wire::send_frame(
             &st.users[s.user as usize].name,
@@ -345,6 +359,7 @@ impl Thread {
         if !net.send(conn, text) {
             return false;
         }
+        s.seq = s.seq.wrapping_add(1);
         s.pending.insert(seq, Pending { sent_at: now, recipient, sent_ns: id.sent_ns });
         self.coll.sent.push((id.key(), recipient, id.sent_ns));
         net.tally.counts.sent += 1;
@@ -401,7 +416,7 @@ impl Thread {
             }
             wire::SEND if self.sess[li].sends => {
                 let s = &mut self.sess[li];
-                let Some(p) = frame.incr().and_then(|incr| s.pending.remove(&(incr as u32))) else {
+                let Some(p) = seq_of_incr(frame.incr()).and_then(|seq| s.pending.remove(&seq)) else {
                     let who = s.who.clone();
                     return net.error("unexpected_ack", || {
                         format!("{who}: an ack for no outstanding message (late after a stall?): {}", clip(text))
@@ -449,7 +464,7 @@ impl Thread {
         }
     }
 
-    fn on_end(&mut self, net: &mut Net, li: usize, id: usize, end: End) {
+    fn on_end(&mut self, net: &mut Net, li: usize, id: usize, end: End, unsent: u64) {
         let phase = self.shared.phase();
         let s = &mut self.sess[li];
         if s.conn != Some(id) {
@@ -462,6 +477,23 @@ impl Thread {
             self.shared.held.fetch_sub(1, Relaxed);
         } else {
             self.connecting -= 1;
+        }
+        // Its last `unsent` messages never left this process: neither an ack nor a push can be
+        // expected for them, so they are not lost but failed sends (and not in messages_sent).
+        for k in 0..unsent.min(u64::from(u32::MAX)) as u32 {
+            let seq = s.seq.wrapping_sub(1).wrapping_sub(k);
+            let Some(p) = s.pending.remove(&seq) else { continue }; // already declared lost
+            let key = MsgId { sender: s.global, seq, sent_ns: 0 }.key();
+            self.coll.unsent.insert(key);
+            net.tally.counts.sent -= 1;
+            self.shared.sent.fetch_sub(1, Relaxed);
+            self.shared.acks_outstanding.fetch_sub(1, Relaxed);
+            let sessions = self.st.users[p.recipient as usize].sessions.len() as u64;
+            self.shared.pushes_expected.fetch_sub(sessions, Relaxed);
+            let who = s.who.clone();
+            net.error("send_failed", || {
+                format!("{who}: message {}.{seq} never reached the socket: the session ended first", s.global)
+            });
         }
         if phase == Phase::Stop {
             return;
@@ -542,7 +574,7 @@ impl Driver for Thread {
                 }
             }
             Out::Text { owner, text, .. } => self.on_text(net, owner as usize, &text, now),
-            Out::End { id, owner, end } => self.on_end(net, owner as usize, id, end),
+            Out::End { id, owner, end, unsent } => self.on_end(net, owner as usize, id, end, unsent),
         }
     }
 
@@ -566,11 +598,10 @@ impl Driver for Thread {
                     let start = *self.window_start.get_or_insert(now);
                     let threads = self.shared_threads();
                     let due = (now.duration_since(start).as_secs_f64() * rate / threads as f64) as u64;
-                    let senders: Vec<usize> = (0..self.sess.len()).filter(|&i| self.sess[i].sends).collect();
                     let mut budget = due.saturating_sub(self.rate_sent).min(10_000);
-                    while budget > 0 && !senders.is_empty() {
+                    while budget > 0 && !self.senders.is_empty() {
                         self.rate_rr = self.rate_rr.wrapping_add(1);
-                        let li = senders[self.rate_rr % senders.len()];
+                        let li = self.senders[self.rate_rr % self.senders.len()];
                         self.send(net, li, now);
                         self.rate_sent += 1; // a send to a closed session is skipped, not retried
                         budget -= 1;
@@ -607,6 +638,12 @@ impl Driver for Thread {
     }
 }
 
+/// The sequence number an ack's msgIncr names: ours are u32, so anything larger (a hostile
+/// 2^32 + k) names none, rather than k.
+fn seq_of_incr(incr: Option<u64>) -> Option<u32> {
+    u32::try_from(incr?).ok()
+}
+
 impl Thread {
     fn shared_threads(&self) -> usize {
         self.shared.threads.max(1)
@@ -629,5 +666,18 @@ impl Scenario for Thread {
             }
         }
         self.coll
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ack_names_a_sequence_number_only_when_msg_incr_fits_in_u32() {
+        assert_eq!(seq_of_incr(Some(7)), Some(7));
+        assert_eq!(seq_of_incr(Some(u64::from(u32::MAX))), Some(u32::MAX));
+        assert_eq!(seq_of_incr(Some((1 << 32) + 7)), None, "must not match seq 7");
+        assert_eq!(seq_of_incr(None), None);
     }
 }
