@@ -2,135 +2,19 @@
 //! tokens, and a graceful SIGTERM. Every child is killed by its guard's `Drop`, and every wait is
 //! bounded, so a misbehaving binary fails a test instead of hanging it.
 
+use crate::proc::{msggate, run, Proc, PATIENCE};
 use crate::util::watchdog;
-use std::io::{BufRead as _, BufReader, Read as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
-const BIN: &str = env!("CARGO_BIN_EXE_msggate");
-
-/// How long any expected exit, listen line or socket read may take before the test fails.
-const PATIENCE: Duration = Duration::from_secs(10);
-
-/// A `msggate` command with no `MSGGATE_*` variable inherited from the test runner.
 /// A hang anywhere fails the test; the slowest of these takes about a second.
 const LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
-
-fn msggate(args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("MSGGATE_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
-}
-
-/// What a finished child left behind.
-struct Exited {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// A running child whose output is read by background threads; killed and reaped on drop.
-struct Proc {
-    child: Child,
-    stdout_lines: mpsc::Receiver<String>,
-    /// The whole of stderr, sent once the child closes it (that is, exits).
-    stderr: mpsc::Receiver<String>,
-}
-
-impl Proc {
-    fn spawn(cmd: &mut Command) -> Proc {
-        let mut child = cmd.spawn().expect("spawn msggate");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut stderr = child.stderr.take().expect("piped stderr");
-        let (line_tx, stdout_lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line_tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let (err_tx, stderr_rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = stderr.read_to_end(&mut buf);
-            let _ = err_tx.send(String::from_utf8_lossy(&buf).into_owned());
-        });
-        Proc { child, stdout_lines, stderr: stderr_rx }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits (bounded) for the child to exit on its own and collects its output.
-    fn finish_within(&mut self, limit: Duration) -> Exited {
-        let stderr = match self.stderr.recv_timeout(limit) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = self.child.kill();
-                panic!("msggate did not exit within {limit:?}; killed it");
-            }
-        };
-        // stderr is closed, so the process is exiting: this wait is short.
-        let status = self.child.wait().expect("wait for msggate");
-        let mut stdout = String::new();
-        loop {
-            match self.stdout_lines.recv_timeout(PATIENCE) {
-                Ok(line) => {
-                    stdout.push_str(&line);
-                    stdout.push('\n');
-                }
-                Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => panic!("stdout still open after msggate exited"),
-            }
-        }
-        Exited { status, stdout, stderr }
-    }
-
-    /// Reads the `msggate listening on ADDR` line; on failure kills the child and shows its stderr.
-    fn listen_addr(&mut self) -> SocketAddr {
-        match self.stdout_lines.recv_timeout(PATIENCE) {
-            Ok(line) => {
-                let addr = line
-                    .strip_prefix("msggate listening on ")
-                    .unwrap_or_else(|| panic!("unexpected first stdout line {line:?}"));
-                addr.parse().unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"))
-            }
-            Err(e) => {
-                let _ = self.child.kill();
-                let out = self.finish_within(PATIENCE);
-                panic!("no listen line ({e:?}); msggate exited with {}; stderr:\n{}", out.status, out.stderr);
-            }
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs a command expected to exit on its own.
-fn run(cmd: &mut Command) -> Exited {
-    Proc::spawn(cmd).finish_within(PATIENCE)
-}
 
 /// Runs `msggate serve` expecting a configuration error: exit 2 and `needle` on stderr.
 fn expect_config_error(cmd: &mut Command, needle: &str) {

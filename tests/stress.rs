@@ -3,106 +3,32 @@
 //! answers proves the stall detector can fail a run; bad arguments exit 2. Every child is killed
 //! by its guard's `Drop`, every wait is bounded, and every test runs under the hang watchdog.
 
-use std::io::{BufRead as _, BufReader, Read as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::proc::{msggate, via, Proc};
 use crate::util::{self, watchdog};
 
-const BIN: &str = env!("CARGO_BIN_EXE_msggate");
-
-/// A child process killed and reaped on drop, its stdout lines and its stderr read by threads.
-struct Child_ {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    stderr: mpsc::Receiver<String>,
+/// `msggate serve` on 127.0.0.1:0 with `extra` flags; returns it and its address.
+fn serve(extra: &[&str]) -> (Proc, SocketAddr) {
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--log-level", "warn"];
+    args.extend_from_slice(extra);
+    let mut server = Proc::spawn(&mut msggate(&args));
+    let addr = server.listen_addr();
+    (server, addr)
 }
 
-impl Child_ {
-    fn spawn(args: &[&str]) -> Child_ {
-        Child_::spawn_via(&[], args)
-    }
-
-    /// Runs `wrapper... msggate args...` (e.g. under `prlimit`).
-    fn spawn_via(wrapper: &[&str], args: &[&str]) -> Child_ {
-        let mut cmd = match wrapper.split_first() {
-            Some((program, rest)) => {
-                let mut cmd = Command::new(program);
-                cmd.args(rest).arg(BIN);
-                cmd
-            }
-            None => Command::new(BIN),
-        };
-        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("MSGGATE_") {
-                cmd.env_remove(key);
-            }
-        }
-        let mut child = cmd.spawn().expect("spawn msggate");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut stderr = child.stderr.take().expect("piped stderr");
-        let (line_tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line_tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let (err_tx, stderr_rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = stderr.read_to_end(&mut buf);
-            let _ = err_tx.send(String::from_utf8_lossy(&buf).into_owned());
-        });
-        Child_ { child, lines, stderr: stderr_rx }
-    }
-
-    /// `msggate serve` on 127.0.0.1:0 with `extra` flags; returns it and its address.
-    fn serve(extra: &[&str]) -> (Child_, SocketAddr) {
-        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--log-level", "warn"];
-        args.extend_from_slice(extra);
-        let server = Child_::spawn(&args);
-        let line = server.lines.recv_timeout(Duration::from_secs(10)).expect("the listen line");
-        let addr = line.strip_prefix("msggate listening on ").expect("listen line").parse().expect("an address");
-        (server, addr)
-    }
-
-    /// Waits (bounded) for the child to exit on its own.
-    fn finish(mut self, limit: Duration) -> (ExitStatus, String, String) {
-        let stderr = match self.stderr.recv_timeout(limit) {
-            Ok(s) => s,
-            Err(_) => panic!("msggate did not exit within {limit:?}; killing it"),
-        };
-        let status = self.child.wait().expect("wait");
-        // Every line up to stdout's EOF: its reader thread may still be behind the exit.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut stdout = Vec::new();
-        loop {
-            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => stdout.push(line),
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(mpsc::RecvTimeoutError::Timeout) => panic!("stdout not closed 10 s after the exit"),
-            }
-        }
-        (status, stdout.join("\n"), stderr)
-    }
-}
-
-impl Drop for Child_ {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Runs `wrapper... msggate args...` to its end (bounded): exit status, stdout, stderr.
+fn finish(wrapper: &[&str], args: &[&str], limit: Duration) -> (ExitStatus, String, String) {
+    let out = Proc::spawn(&mut via(wrapper, args)).finish_within(limit);
+    (out.status, out.stdout, out.stderr)
 }
 
 /// A JSON report path in the temp directory, removed on drop.
@@ -137,7 +63,7 @@ fn stress(args: &[&str], limit: Duration) -> (ExitStatus, String, String, Value)
     let mut full = vec!["stress"];
     full.extend_from_slice(args);
     full.extend_from_slice(&["--json", json.arg()]);
-    let (status, stdout, stderr) = Child_::spawn(&full).finish(limit);
+    let (status, stdout, stderr) = finish(&[], &full, limit);
     let report = json.read();
     (status, stdout, stderr, report)
 }
@@ -242,7 +168,7 @@ fn u(v: &Value, path: &str) -> u64 {
 #[test]
 fn ci_churn_with_overlap_completes_cycles_and_kicks_without_stalls() {
     watchdog(Duration::from_secs(60), || {
-        let (_server, addr) = Child_::serve(&["--register-queue", "1", "--unregister-queue", "1"]);
+        let (_server, addr) = serve(&["--register-queue", "1", "--unregister-queue", "1"]);
         let url = format!("ws://{addr}");
         let args = ["churn", "--users", "100", "--overlap", "--duration", "10s", "--url", &url];
         let (status, stdout, stderr, r) = stress(&args, Duration::from_secs(30));
@@ -514,7 +440,7 @@ fn bad_arguments_exit_2_with_a_clear_message() {
             if !args.contains(&"--url") {
                 full.extend_from_slice(&["--url", &url]);
             }
-            let (status, stdout, stderr) = Child_::spawn(&full).finish(Duration::from_secs(10));
+            let (status, stdout, stderr) = finish(&[], &full, Duration::from_secs(10));
             assert_eq!(status.code(), Some(2), "{args:?}: stderr:\n{stderr}");
             assert!(stderr.contains(needle), "{args:?}: stderr should mention {needle:?}:\n{stderr}");
             assert!(stdout.is_empty(), "{args:?}: no report: {stdout}");
@@ -535,8 +461,7 @@ fn a_run_beyond_the_open_file_limit_exits_2_before_connecting() {
         }
         let url = closed_url();
         let args = ["stress", "idle", "--users", "5000", "--url", &url];
-        let (status, stdout, stderr) =
-            Child_::spawn_via(&["prlimit", "--nofile=1024:1024", "--"], &args).finish(Duration::from_secs(10));
+        let (status, stdout, stderr) = finish(&["prlimit", "--nofile=1024:1024", "--"], &args, Duration::from_secs(10));
         assert_eq!(status.code(), Some(2), "stderr:\n{stderr}");
         assert!(stderr.contains("needs up to 5000 connections"), "{stderr}");
         assert!(stderr.contains("open-file limit allows 960"), "1024 - 64 reserved: {stderr}");

@@ -1,6 +1,7 @@
 //! The one integration-test binary: real gateways on 127.0.0.1:0, real sockets, a hang
 //! watchdog on every test. Modules group tests by what they guard.
 
+mod proc;
 mod util;
 
 mod cli;
