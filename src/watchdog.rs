@@ -154,13 +154,6 @@ pub struct ThreadHealth {
     pub stalled: bool,
 }
 
-impl ThreadHealth {
-    /// Whether the thread has work waiting.
-    pub fn has_work(&self) -> bool {
-        self.queue.len > 0 || self.backlog > 0
-    }
-}
-
 /// Every watched thread's state at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Health {
