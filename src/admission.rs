@@ -61,6 +61,17 @@ impl Rejection {
 
 /// Judges an upgrade request's query string (`None` when the URL has none) at time `now`.
 pub fn admit(query: Option<&str>, key: &TokenKey, now: u64) -> Result<Identity, Rejection> {
+    judge(query, Some((key, now)))
+}
+
+/// Judges an upgrade request without a token (`Config::require_token` false): `sendID` and
+/// `platformID` are optional (an empty user is named by the gateway; the platform defaults to
+/// Web), but a `platformID` that is present must still be a platform.
+pub fn admit_open(query: Option<&str>) -> Result<Identity, Rejection> {
+    judge(query, None)
+}
+
+fn judge(query: Option<&str>, verify: Option<(&TokenKey, u64)>) -> Result<Identity, Rejection> {
     let mut token = None;
     let mut user = None;
     let mut platform = None;
@@ -80,6 +91,17 @@ pub fn admit(query: Option<&str>, key: &TokenKey, now: u64) -> Result<Identity, 
             _ => {}
         }
     }
+    let Some((key, now)) = verify else {
+        let platform = match platform.as_deref().filter(|p| !p.is_empty()) {
+            None => Platform::Web,
+            Some(p) => p
+                .parse::<i64>()
+                .ok()
+                .and_then(Platform::from_id)
+                .ok_or_else(|| args_err(format!("platformID {p:?} is not a platform (1..=11)"), msg_resp))?,
+        };
+        return Ok(Identity { user: user.unwrap_or_default(), platform, background, msg_resp, operation_id });
+    };
     let missing: Vec<&str> = [("token", &token), ("sendID", &user), ("platformID", &platform)]
         .into_iter()
         .filter(|(_, v)| v.as_deref().is_none_or(str::is_empty))

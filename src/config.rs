@@ -62,6 +62,17 @@ pub struct Config {
     /// A role thread or reactor with queued work and no progress for this long is reported
     /// once, at error level, with a dump of every thread (the stall watchdog). Default 5 s.
     pub stall_after: Duration,
+    /// Threads of the handler's worker pool, started only with
+    /// [`Gateway::start_with`](crate::Gateway::start_with). Default 4. A session's requests
+    /// always go to the same worker, so they are handled in order.
+    pub workers: usize,
+    /// Capacity of each worker's queue. Default 1024. A request that finds it full is answered
+    /// at once with errCode 503 "server busy".
+    pub worker_queue: usize,
+    /// Whether an upgrade needs a token. Default true. False accepts anyone, with `sendID` and
+    /// `platformID` optional (an absent `sendID` becomes `anonymous-<conn>`, an absent platform
+    /// Web): for conformance suites and raw echo servers, never for a real deployment.
+    pub require_token: bool,
     /// Testing only: the register role pauses this long before each event, to stand in for a
     /// slow or overloaded role. Zero (the default) in any real deployment.
     #[doc(hidden)]
@@ -89,6 +100,9 @@ impl Default for Config {
             read_buffer_size: 1024,
             shutdown_timeout: Duration::from_secs(2),
             stall_after: Duration::from_secs(5),
+            workers: 4,
+            worker_queue: 1024,
+            require_token: true,
             register_delay: Duration::ZERO,
         }
     }
@@ -120,6 +134,8 @@ impl Config {
         at_least("unregister_queue", self.unregister_queue, 1)?;
         at_least("handoff_queue", self.handoff_queue, 1)?;
         at_least("inbox_queue", self.inbox_queue, 1)?;
+        at_least("workers", self.workers, 1)?;
+        at_least("worker_queue", self.worker_queue, 1)?;
         at_least("max_message_size", self.max_message_size, 16)?;
         if self.max_message_size > MAX_MESSAGE_SIZE_LIMIT {
             return Err(Error::config(
@@ -199,6 +215,8 @@ mod tests {
             ("secret", Config { listen: "0.0.0.0:10001".parse().unwrap(), ..Config::default() }),
             ("outbound_budget", Config { outbound_budget: 10, ..Config::default() }),
             ("stall_after", Config { stall_after: Duration::ZERO, ..Config::default() }),
+            ("workers", Config { workers: 0, ..Config::default() }),
+            ("worker_queue", Config { worker_queue: 0, ..Config::default() }),
         ];
         for (field, config) in cases {
             match config.validate() {

@@ -12,18 +12,22 @@ use tungstenite::Utf8Bytes;
 
 use std::collections::VecDeque;
 
+use crate::handler::{self, Claim, Handler, Msg};
 use crate::mailbox::{NotDelivered, Offer, SessionHandle};
 use crate::metrics::{inc, Metrics};
 use crate::protocol::{self, codes, ident, Inbound, Request, SendAck, SendMsg, SetBackground};
 use crate::registry::Registry;
+use crate::worker::Job;
 
 /// What the session does after a frame.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Action {
     /// Write this text frame.
     Reply(String),
     /// Write this text frame, then close with 1000 (logout).
     ReplyThenClose(String),
+    /// Hand this to the handler's worker pool; if its queue is full, answer "server busy".
+    Work(Job),
 }
 
 /// Per-reactor dispatch state.
@@ -35,12 +39,19 @@ pub(crate) struct Dispatcher {
     targets: Vec<Arc<SessionHandle>>,
     /// Frames whose target reactor's inbox was full, per target reactor, in send order.
     deferred: Vec<VecDeque<(Arc<SessionHandle>, Utf8Bytes)>>,
+    /// The embedding service's handler, asked who serves each request.
+    handler: Option<Arc<dyn Handler>>,
 }
 
 impl Dispatcher {
     /// `id_prefix` makes `serverMsgID`s unique across reactors and gateway restarts.
-    pub(crate) fn new(registry: Arc<Registry>, metrics: Arc<Metrics>, id_prefix: String) -> Dispatcher {
-        Dispatcher { registry, metrics, id_prefix, next_id: 0, targets: Vec::new(), deferred: Vec::new() }
+    pub(crate) fn new(
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        id_prefix: String,
+        handler: Option<Arc<dyn Handler>>,
+    ) -> Dispatcher {
+        Dispatcher { registry, metrics, id_prefix, next_id: 0, targets: Vec::new(), deferred: Vec::new(), handler }
     }
 
     /// Offers `frame` to `target`; a full inbox defers it behind earlier frames for the same
@@ -108,7 +119,7 @@ impl Dispatcher {
     }
 
     /// Handles one text frame from `me`.
-    pub(crate) fn on_text(&mut self, me: &SessionHandle, text: &str) -> Action {
+    pub(crate) fn on_text(&mut self, me: &Arc<SessionHandle>, text: &str) -> Action {
         let req = match protocol::decode(text) {
             Ok(Inbound::Ping) => return Action::Reply(protocol::PONG.to_owned()),
             Ok(Inbound::Request(req)) => req,
@@ -121,6 +132,29 @@ impl Dispatcher {
         let Some(identifier) = req.req_identifier else {
             return self.error(Some(&req), codes::ARGS, "malformed request: missing reqIdentifier");
         };
+        match self.handler.as_ref().map_or(Claim::Gateway, |h| h.claim(identifier)) {
+            Claim::Gateway => {}
+            Claim::Observe if identifier == ident::SEND_MSG => {
+                return match send_msg(&req) {
+                    Ok(msg) => Action::Work(Job::Message {
+                        session: me.clone(),
+                        req: Box::new(handler::Request::from_wire(&req, identifier)),
+                        msg: Box::new(Msg {
+                            send_id: me.user.to_string(),
+                            recv_id: msg.recv_id.into_owned(),
+                            client_msg_id: msg.client_msg_id.into_owned(),
+                            content_type: msg.content_type,
+                            content: msg.content.to_owned(),
+                        }),
+                    }),
+                    Err(e) => self.error(Some(&req), codes::ARGS, &e),
+                };
+            }
+            Claim::Handler | Claim::Observe => {
+                let req = Box::new(handler::Request::from_wire(&req, identifier));
+                return Action::Work(Job::Request { session: me.clone(), req });
+            }
+        }
         match identifier {
             ident::SEND_MSG => self.relay(me, &req),
             ident::LOGOUT => {
@@ -149,41 +183,78 @@ impl Dispatcher {
     /// 1003: push 2001 to every session of the recipient and the sender's other sessions, then
     /// ack with the number of recipient sessions that took it.
     fn relay(&mut self, me: &SessionHandle, req: &Request<'_>) -> Action {
-        if req.send_id.is_empty() {
-            return self.error(Some(req), codes::ARGS, "1003 send: missing sendID");
-        }
-        let msg: SendMsg<'_> = match protocol::data(req, "1003 send") {
+        let msg = match send_msg(req) {
             Ok(m) => m,
-            Err(e) => return self.error(Some(req), codes::ARGS, &e.0),
+            Err(e) => return self.error(Some(req), codes::ARGS, &e),
         };
-        if msg.recv_id.is_empty() {
-            return self.error(Some(req), codes::ARGS, "1003 send: empty recvID");
-        }
         self.next_id += 1;
         let server_msg_id = format!("{}-{}", self.id_prefix, self.next_id);
-        let send_time = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let frame = Utf8Bytes::from(protocol::push_frame(&me.user, &req.operation_id, &msg, &server_msg_id, send_time));
-
-        self.targets.clear();
-        self.registry.sessions_of(&msg.recv_id, &mut self.targets);
-        let recipients = self.targets.len();
-        if *msg.recv_id != *me.user {
-            self.registry.sessions_of(&me.user, &mut self.targets);
-        }
-        let mut delivered = 0;
         let here = me.reactor();
-        let targets = std::mem::take(&mut self.targets);
-        for (i, target) in targets.iter().enumerate() {
-            if target.conn != me.conn && self.push(target, &frame, here) {
-                delivered += usize::from(i < recipients);
-            }
-        }
+        let registry = self.registry.clone();
+        let mut targets = std::mem::take(&mut self.targets);
+        let ack = relay_to(&registry, me, &req.operation_id, &msg, &server_msg_id, &mut targets, |t, f| {
+            self.push(t, f, here)
+        });
         self.targets = targets;
-        self.targets.clear();
         inc(&self.metrics.messages_relayed);
-        let ack = SendAck { server_msg_id: &server_msg_id, client_msg_id: &msg.client_msg_id, send_time, delivered };
         Action::Reply(protocol::response(Some(req), codes::OK, "", ack))
     }
+}
+
+/// The `data` of a 1003, checked: a sender and a recipient are required.
+pub(crate) fn send_msg<'a>(req: &Request<'a>) -> Result<SendMsg<'a>, String> {
+    if req.send_id.is_empty() {
+        return Err("1003 send: missing sendID".into());
+    }
+    let msg: SendMsg<'a> = protocol::data(req, "1003 send").map_err(|e| e.0)?;
+    if msg.recv_id.is_empty() {
+        return Err("1003 send: empty recvID".into());
+    }
+    Ok(msg)
+}
+
+/// Relays one 1003 from `me`: builds the 2001 once and hands it to `push` for every session of
+/// the recipient and the sender's other sessions. `push` is the caller's non-blocking path (a
+/// reactor defers on a full inbox; a worker fails that session) and says whether the frame was
+/// taken. Returns the ack, counting the recipient's sessions that took it. `targets` is scratch.
+pub(crate) fn relay_to<'a>(
+    registry: &Registry,
+    me: &SessionHandle,
+    operation_id: &str,
+    msg: &'a SendMsg<'_>,
+    server_msg_id: &'a str,
+    targets: &mut Vec<Arc<SessionHandle>>,
+    mut push: impl FnMut(&Arc<SessionHandle>, &Utf8Bytes) -> bool,
+) -> SendAck<'a> {
+    let send_time = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let frame = Utf8Bytes::from(protocol::push_frame(&me.user, operation_id, msg, server_msg_id, send_time));
+    targets.clear();
+    registry.sessions_of(&msg.recv_id, targets);
+    let recipients = targets.len();
+    if *msg.recv_id != *me.user {
+        registry.sessions_of(&me.user, targets);
+    }
+    let mut delivered = 0;
+    for (i, target) in targets.iter().enumerate() {
+        if target.conn != me.conn && push(target, &frame) {
+            delivered += usize::from(i < recipients);
+        }
+    }
+    targets.clear();
+    SendAck { server_msg_id, client_msg_id: &msg.client_msg_id, send_time, delivered }
+}
+
+/// Queues `frame` for `target` from a thread with no reactor loop (the admin API, a worker),
+/// and counts the outcome like a reactor's push. A full inbox fails this session (`Busy`).
+pub(crate) fn push_now(m: &Metrics, target: &SessionHandle, frame: &Utf8Bytes) -> Result<(), NotDelivered> {
+    let outcome = target.offer_now(frame);
+    inc(match outcome {
+        Ok(()) => &m.pushes_queued,
+        Err(NotDelivered::Closing) => &m.pushes_dropped_closing,
+        Err(NotDelivered::SlowConsumer) => &m.pushes_dropped_slow,
+        Err(NotDelivered::Busy) => &m.pushes_dropped_busy,
+    });
+    outcome
 }
 
 #[cfg(test)]
@@ -197,6 +268,7 @@ mod tests {
     fn reply(a: Action) -> Value {
         match a {
             Action::Reply(t) | Action::ReplyThenClose(t) => serde_json::from_str(&t).unwrap(),
+            Action::Work(_) => panic!("handed to a worker"),
         }
     }
 
@@ -212,7 +284,7 @@ mod tests {
         for h in [&u1_ios, &u1_web, &u2_ios, &u2_pc] {
             registry.register(h, MultiLoginPolicy::SameTerminalKick);
         }
-        let mut d = Dispatcher::new(registry, metrics, "t".into());
+        let mut d = Dispatcher::new(registry, metrics, "t".into(), None);
         let text = r#"{"reqIdentifier":1003,"sendID":"u1","msgIncr":"5","operationID":"op",
             "data":{"recvID":"u2","clientMsgID":"c1","contentType":101,"content":"hi"}}"#;
         let ack = reply(d.on_text(&u1_ios, text));
@@ -224,7 +296,7 @@ mod tests {
             .try_iter()
             .filter_map(|d| match d {
                 Delivery::Frame { conn, .. } => Some(conn),
-                Delivery::Notice { .. } | Delivery::Last { .. } => None,
+                Delivery::Notice { .. } | Delivery::Last { .. } | Delivery::Reply { .. } => None,
             })
             .collect();
         conns.sort();
@@ -235,7 +307,7 @@ mod tests {
     fn offline_recipient_acks_zero() {
         let (mb, _rx, _poll) = mailbox(64, 1 << 20);
         let metrics = Arc::new(Metrics::default());
-        let mut d = Dispatcher::new(Arc::new(Registry::new(metrics.clone())), metrics, "t".into());
+        let mut d = Dispatcher::new(Arc::new(Registry::new(metrics.clone())), metrics, "t".into(), None);
         let me = handle("u1", Platform::Ios, 1, &mb);
         let text = r#"{"reqIdentifier":1003,"sendID":"u1","data":{"recvID":"nobody","content":"x"}}"#;
         let ack = reply(d.on_text(&me, text));
@@ -246,7 +318,7 @@ mod tests {
     fn bad_requests_get_documented_codes() {
         let (mb, _rx, _poll) = mailbox(64, 1 << 20);
         let metrics = Arc::new(Metrics::default());
-        let mut d = Dispatcher::new(Arc::new(Registry::new(metrics.clone())), metrics.clone(), "t".into());
+        let mut d = Dispatcher::new(Arc::new(Registry::new(metrics.clone())), metrics.clone(), "t".into(), None);
         let me = handle("u1", Platform::Ios, 1, &mb);
         let cases = [
             ("not json", 1001),
@@ -268,12 +340,12 @@ mod tests {
     fn logout_and_background_and_ping() {
         let (mb, _rx, _poll) = mailbox(64, 1 << 20);
         let metrics = Arc::new(Metrics::default());
-        let mut d = Dispatcher::new(Arc::new(Registry::new(metrics.clone())), metrics, "t".into());
+        let mut d = Dispatcher::new(Arc::new(Registry::new(metrics.clone())), metrics, "t".into(), None);
         let me = handle("u1", Platform::Ios, 1, &mb);
         assert!(matches!(d.on_text(&me, r#"{"reqIdentifier":2003}"#), Action::ReplyThenClose(_)));
         let r = reply(d.on_text(&me, r#"{"reqIdentifier":2004,"data":{"isBackground":true}}"#));
         assert_eq!(r["errCode"], 0);
         assert!(me.background.load(std::sync::atomic::Ordering::Relaxed));
-        assert_eq!(d.on_text(&me, r#"{"type":"ping"}"#), Action::Reply(protocol::PONG.into()));
+        assert!(matches!(d.on_text(&me, r#"{"type":"ping"}"#), Action::Reply(p) if p == protocol::PONG));
     }
 }

@@ -28,6 +28,10 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A call into a running gateway was malformed: a push whose message is not a JSON object,
+    /// an empty user id. Nothing was sent.
+    #[error("bad request: {0}")]
+    BadRequest(String),
     /// A token could not be verified (see [`crate::TokenError`] for the OpenIM code).
     #[error(transparent)]
     Token(#[from] crate::token::TokenError),

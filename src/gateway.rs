@@ -8,43 +8,58 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::bounded;
 use parking_lot::Mutex;
 use tungstenite::protocol::WebSocketConfig;
+use tungstenite::Utf8Bytes;
 
 use crate::acceptor::{self, Acceptor, Lane};
 use crate::config::Config;
+use crate::dispatch::push_now;
 use crate::error::{Error, Result};
-use crate::mailbox::Mailbox;
+use crate::handler::Handler;
+use crate::mailbox::{CloseOrder, ConnId, Mailbox, NotDelivered};
 use crate::metrics::{inc, Metrics, Snapshot};
+use crate::policy::Platform;
+use crate::protocol;
 use crate::reactor::{Queues, Reactor, RoleSender, Shared, REACTOR_LABELS};
 use crate::registry::{OnlineSession, Registry};
 use crate::roles::{self, Role, RoleCtx, Waiters, ROLE_LABELS};
 use crate::token::TokenKey;
 use crate::watchdog::{Beacon, Health, Monitor, QueueDepth, Watchdog, Watched};
+use crate::worker;
 
 /// Starts gateways. See [`Gateway::start`].
 #[derive(Debug)]
 pub struct Gateway;
 
-/// A running gateway. Cheap to clone; the gateway stops when [`GatewayHandle::shutdown`] is
-/// called or the last clone is dropped, and either way every thread is joined.
+/// A running gateway. Cheap to clone, `Send + Sync`; the gateway stops when
+/// [`GatewayHandle::shutdown`] is called or the last clone is dropped, and either way every
+/// thread is joined (except the calling one, when that is one of the gateway's own workers).
 #[derive(Clone)]
 pub struct GatewayHandle {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+/// What worker threads hold: a gateway they do not keep alive.
+pub(crate) type WeakGateway = Weak<Inner>;
+
+pub(crate) struct Inner {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
     acceptor_waker: mio::Waker,
     mailboxes: Vec<Arc<Mailbox>>,
     /// The acceptor, then the reactors, joined in this order.
     threads: Mutex<Vec<(String, JoinHandle<()>)>>,
+    /// The handler's workers, joined after the reactors (whose senders end their loops).
+    workers: Mutex<Vec<(String, JoinHandle<()>)>>,
+    /// Receiver clones of the workers' queues, for their depths (a receiver never keeps a
+    /// worker's loop alive: that ends with the last sender).
+    worker_queues: Vec<crossbeam_channel::Receiver<crate::worker::Job>>,
     /// The register and unregister roles, joined last.
     roles: Mutex<Vec<(String, JoinHandle<()>)>>,
     summary: Mutex<Option<ShutdownSummary>>,
@@ -61,6 +76,42 @@ struct Inner {
 struct Watch {
     monitor: Option<Arc<Monitor>>,
     dog: Option<Watchdog>,
+}
+
+/// One user's sessions, as [`GatewayHandle::online`] reports them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UserOnline {
+    /// The user id asked about.
+    pub user: String,
+    /// Its sessions; empty when the user is offline.
+    pub sessions: Vec<OnlineSession>,
+}
+
+/// What a push did for one user: per session, queued or not and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushReport {
+    /// The user pushed to.
+    pub user: String,
+    /// One entry per session the user had when the push was made.
+    pub sessions: Vec<SessionPush>,
+}
+
+impl PushReport {
+    /// Sessions that have the frame queued.
+    pub fn delivered(&self) -> usize {
+        self.sessions.iter().filter(|s| s.result.is_ok()).count()
+    }
+}
+
+/// What a push did for one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionPush {
+    /// The session's connection id.
+    pub conn: ConnId,
+    /// The session's platform id.
+    pub platform: u8,
+    /// Queued (it will be written in order with the session's other frames), or why not.
+    pub result: Result<(), NotDelivered>,
 }
 
 /// What a shutdown did.
@@ -97,8 +148,19 @@ impl fmt::Display for ShutdownSummary {
 }
 
 impl Gateway {
-    /// Validates `config`, binds its listen address and starts every thread.
+    /// Validates `config`, binds its listen address and starts every thread. The gateway
+    /// serves the protocol itself (1003 relay and the rest); see [`Gateway::start_with`].
     pub fn start(config: Config) -> Result<GatewayHandle> {
+        Gateway::launch(config, None)
+    }
+
+    /// [`Gateway::start`], with `handler` serving the requests it claims (and connect and
+    /// disconnect events) on a pool of `config.workers` threads. See [`Handler`].
+    pub fn start_with(config: Config, handler: impl Handler) -> Result<GatewayHandle> {
+        Gateway::launch(config, Some(Arc::new(handler)))
+    }
+
+    fn launch(config: Config, handler: Option<Arc<dyn Handler>>) -> Result<GatewayHandle> {
         config.validate()?;
         if config.secret.is_none() {
             log::warn!(
@@ -156,6 +218,13 @@ impl Gateway {
             );
         }
 
+        let (pool, worker_rxs) = match &handler {
+            Some(h) => {
+                let (pool, rxs) = worker::queues(h.clone(), config.workers, config.worker_queue);
+                (Some(pool), rxs)
+            }
+            None => (None, Vec::new()),
+        };
         let mut reactors = Vec::new();
         let mut mailboxes = Vec::new();
         let mut lanes = Vec::new();
@@ -196,10 +265,10 @@ impl Gateway {
                     waiters: unregister_waiters.clone(),
                     full: |m| &m.unregister_queue_full,
                 };
-                (poll, mailbox, Queues { handoff, inbox, register, unregister }, beacon)
+                (poll, mailbox, Queues { handoff, inbox, register, unregister, pool: pool.clone() }, beacon)
             })
             .collect();
-        drop((register_tx, unregister_tx)); // the reactors hold the only senders now
+        drop((register_tx, unregister_tx, pool)); // the reactors hold the only senders now
 
         let inner = Inner {
             shared: shared.clone(),
@@ -207,6 +276,8 @@ impl Gateway {
             acceptor_waker,
             mailboxes,
             threads: Mutex::new(Vec::new()),
+            workers: Mutex::new(Vec::new()),
+            worker_queues: worker_rxs.clone(),
             roles: Mutex::new(Vec::new()),
             summary: Mutex::new(None),
             role_beacons: role_beacons.clone(),
@@ -216,12 +287,20 @@ impl Gateway {
             }),
         };
         // From here on, an error drops `inner`, whose Drop stops and joins what was started.
+        let inner = Arc::new(inner);
         let spawn = |name: String, f: Box<dyn FnOnce() + Send>| -> Result<()> {
             let handle =
                 std::thread::Builder::new().name(name.clone()).spawn(f).map_err(Error::io("spawning a thread"))?;
             inner.threads.lock().push((name, handle));
             Ok(())
         };
+        if let Some(handler) = &handler {
+            for (id, queue) in worker_rxs.into_iter().enumerate() {
+                let name = name(&format!("worker-{id}"));
+                let handle = worker::spawn(id, queue, handler.clone(), Arc::downgrade(&inner), name.clone())?;
+                inner.workers.lock().push((name, handle));
+            }
+        }
         let acceptor = Acceptor {
             poll: acceptor_poll,
             listener,
@@ -270,7 +349,7 @@ impl Gateway {
             config.max_message_size,
             config.max_connections
         );
-        Ok(GatewayHandle { inner: Arc::new(inner) })
+        Ok(GatewayHandle { inner })
     }
 }
 
@@ -290,9 +369,118 @@ impl GatewayHandle {
         self.inner.shared.metrics.snapshot()
     }
 
-    /// The sessions of `user` in the registry.
-    pub fn online(&self, user: &str) -> Vec<OnlineSession> {
+    /// The sessions of `user` in the registry: platform, connection id, background flag.
+    pub fn sessions(&self, user: &str) -> Vec<OnlineSession> {
         self.inner.shared.registry.online(user)
+    }
+
+    /// Who of `users` is online, and where (OpenIM's `GetUsersOnlineStatus`): one entry per
+    /// user, in order, with no sessions for a user who is offline.
+    ///
+    /// ```
+    /// # let config = msggate::Config { listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
+    /// let gateway = msggate::Gateway::start(config)?;
+    /// let status = gateway.online(&["alice", "bob"]);
+    /// assert!(status.iter().all(|u| u.sessions.is_empty()));
+    /// # Ok::<(), msggate::Error>(())
+    /// ```
+    pub fn online<S: AsRef<str>>(&self, users: &[S]) -> Vec<UserOnline> {
+        users.iter().map(|u| UserOnline { user: u.as_ref().to_owned(), sessions: self.sessions(u.as_ref()) }).collect()
+    }
+
+    /// Pushes `msg` (a JSON object: the message, as OpenIM's `MsgData`) to every session of
+    /// `user` as a 2001 frame with `data.msgs[0]` = `msg`, untouched. Never blocks: each session
+    /// either has it queued or is reported not delivered, and why.
+    ///
+    /// ```
+    /// # let config = msggate::Config { listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
+    /// let gateway = msggate::Gateway::start(config)?;
+    /// let msg = serde_json::json!({"sendID": "system", "recvID": "bob", "contentType": 101, "content": "hi"});
+    /// let report = gateway.push("bob", &msg)?;
+    /// assert_eq!(report.delivered(), 0); // bob is not online
+    /// # Ok::<(), msggate::Error>(())
+    /// ```
+    pub fn push(&self, user: &str, msg: &serde_json::Value) -> Result<PushReport> {
+        Ok(self.push_many(&[user], msg)?.pop().expect("one report per user"))
+    }
+
+    /// [`GatewayHandle::push`] to several users, the frame built once (OpenIM's
+    /// `SuperGroupOnlineBatchPushOneMsg`). One report per user, in order.
+    pub fn push_many<S: AsRef<str>>(&self, users: &[S], msg: &serde_json::Value) -> Result<Vec<PushReport>> {
+        if !msg.is_object() {
+            return Err(Error::BadRequest("a pushed message must be a JSON object".into()));
+        }
+        if let Some(bad) = users.iter().find(|u| u.as_ref().is_empty()) {
+            return Err(Error::BadRequest(format!("empty user id {:?}", bad.as_ref())));
+        }
+        let raw = serde_json::value::to_raw_value(msg).map_err(|e| Error::BadRequest(e.to_string()))?;
+        let frame = Utf8Bytes::from(protocol::push_frame_raw(&raw));
+        let shared = &self.inner.shared;
+        let mut targets = Vec::new();
+        Ok(users
+            .iter()
+            .map(|user| {
+                targets.clear();
+                shared.registry.sessions_of(user.as_ref(), &mut targets);
+                let sessions = targets
+                    .iter()
+                    .map(|s| SessionPush {
+                        conn: s.conn,
+                        platform: s.platform.id(),
+                        result: push_now(&shared.metrics, s, &frame),
+                    })
+                    .collect();
+                PushReport { user: user.as_ref().to_owned(), sessions }
+            })
+            .collect())
+    }
+
+    /// Kicks `user` offline (OpenIM's `KickUserOffline`): every session, or only those on
+    /// `platform`, gets a 2002 frame and is closed with 1008 "kicked". Returns the sessions
+    /// told to close; one already closing is not counted. Never blocks: a session whose inbox
+    /// is full is closed without its 2002.
+    pub fn kick(&self, user: &str, platform: Option<Platform>) -> Vec<OnlineSession> {
+        let shared = &self.inner.shared;
+        let mut targets = Vec::new();
+        shared.registry.sessions_of(user, &mut targets);
+        let frame = Utf8Bytes::from(protocol::kick_frame("kicked offline by the server"));
+        targets
+            .iter()
+            .filter(|s| platform.is_none_or(|p| s.platform == p))
+            .filter(|s| match s.push_last(&frame, CloseOrder::KickedByAdmin) {
+                Ok(()) => true,
+                Err(NotDelivered::Busy) => {
+                    inc(&shared.metrics.kick_frames_dropped);
+                    true
+                }
+                Err(_) => false,
+            })
+            .map(|s| {
+                inc(&shared.metrics.kicks_admin);
+                OnlineSession { platform: s.platform.id(), conn: s.conn, background: s.background.load(Relaxed) }
+            })
+            .collect()
+    }
+
+    /// Each handler worker's queue: (jobs waiting, capacity). Empty without a handler.
+    pub fn worker_depths(&self) -> Vec<(usize, usize)> {
+        self.inner.worker_queues.iter().map(|q| (q.len(), q.capacity().unwrap_or(0))).collect()
+    }
+
+    pub(crate) fn upgrade(weak: &WeakGateway) -> Option<GatewayHandle> {
+        weak.upgrade().map(|inner| GatewayHandle { inner })
+    }
+
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.shared.metrics
+    }
+
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.inner.shared.registry
+    }
+
+    pub(crate) fn boot_id(&self) -> &str {
+        &self.inner.shared.boot_id
     }
 
     /// Sessions in the registry, counted by walking it (the `registry_sessions` gauge, checked).
@@ -338,6 +526,10 @@ impl Inner {
             log::error!("cannot wake the acceptor: {e}");
         }
         let join = |(name, handle): (String, JoinHandle<()>)| {
+            if handle.thread().id() == std::thread::current().id() {
+                // Shutdown from a handler on one of our workers: it ends once it returns.
+                return;
+            }
             if handle.join().is_err() {
                 log::error!("thread {name} panicked");
             }
@@ -352,7 +544,10 @@ impl Inner {
             mailbox.wake();
         }
         threads.for_each(join);
-        // The reactors are gone. The watchdog goes next: its probes hold role-queue senders.
+        // The reactors are gone, and with them the workers' senders: workers finish their
+        // queued jobs (a reply finds its session gone) and exit.
+        self.workers.lock().drain(..).for_each(join);
+        // The watchdog goes next: its probes hold role-queue senders.
         let watch = std::mem::take(&mut *self.watch.lock());
         drop(watch);
         self.roles.lock().drain(..).for_each(join);

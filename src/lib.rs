@@ -25,6 +25,7 @@ mod config;
 mod dispatch;
 mod error;
 mod gateway;
+mod handler;
 mod mailbox;
 mod metrics;
 mod policy;
@@ -35,12 +36,14 @@ mod roles;
 mod throttle;
 mod token;
 mod watchdog;
+mod worker;
 
 pub use crate::{
-    admission::{admit, Identity, Rejection},
+    admission::{admit, admit_open, Identity, Rejection},
     config::{Config, DEV_SECRET, MAX_MESSAGE_SIZE_LIMIT},
     error::{Error, Result},
-    gateway::{Gateway, GatewayHandle, ShutdownSummary},
+    gateway::{Gateway, GatewayHandle, PushReport, SessionPush, ShutdownSummary, UserOnline},
+    handler::{on, raw, Claim, Frame, Handler, Msg, On, Raw, Reply, Request, Session},
     mailbox::{ConnId, NotDelivered},
     metrics::Snapshot,
     policy::{MultiLoginPolicy, Platform, PlatformClass},

@@ -25,6 +25,35 @@ pub(crate) enum Delivery {
     /// A last frame (the 2002 kick) and then the close order already set on the session: one
     /// item, so nothing can close the session between the two.
     Last { token: usize, conn: ConnId, frame: Utf8Bytes },
+    /// A worker's answer to a frame or request it was handed (see [`crate::handler`]).
+    Reply { token: usize, conn: ConnId, out: Out },
+}
+
+/// What a worker sends back to a session.
+#[derive(Debug, Clone)]
+pub(crate) enum Out {
+    Text(Utf8Bytes),
+    Binary(tungstenite::Bytes),
+    /// No frame: only "the job is done" (a raw handler that answered nothing).
+    Nothing,
+}
+
+impl Out {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Out::Text(t) => t.len(),
+            Out::Binary(b) => b.len(),
+            Out::Nothing => 0,
+        }
+    }
+}
+
+/// Why [`SessionHandle::try_reply`] did not queue a reply; `Full` hands it back, as
+/// crossbeam's `TrySendError::Full` does, for the worker to retry.
+#[derive(Debug)]
+pub(crate) enum ReplyError {
+    Full(Out),
+    Not(NotDelivered),
 }
 
 /// The part of a reactor other threads may touch.
@@ -104,6 +133,10 @@ pub(crate) enum CloseOrder {
     Kicked = 1,
     /// Its outbound budget was exceeded: close 1008 "slow consumer".
     SlowConsumer = 2,
+    /// A worker could not hand it a reply for `REPLY_PATIENCE`: close 1013 "server overloaded".
+    Overloaded = 3,
+    /// The embedding service or the admin API kicked it: its 2002 frame, then close 1008.
+    KickedByAdmin = 4,
 }
 
 impl CloseOrder {
@@ -111,6 +144,8 @@ impl CloseOrder {
         match v {
             1 => Some(CloseOrder::Kicked),
             2 => Some(CloseOrder::SlowConsumer),
+            3 => Some(CloseOrder::Overloaded),
+            4 => Some(CloseOrder::KickedByAdmin),
             _ => None,
         }
     }
@@ -124,15 +159,29 @@ pub(crate) enum Offer {
 }
 
 /// Why a push did not reach a session's queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum NotDelivered {
     /// The session is closing or closed.
+    #[error("the session is closing")]
     Closing,
     /// The session is over its outbound budget; it is being closed as a slow consumer.
+    #[error("the session is over its outbound budget and is being closed as a slow consumer")]
     SlowConsumer,
-    /// The session's reactor inbox was full for a frame that could not wait (a kick's 2002:
-    /// the close order still stands).
+    /// The session's reactor inbox was full for a frame from a thread that cannot keep it for
+    /// later (the admin API, a worker, a kick's 2002 whose close order still stands).
+    #[error("the session's reactor inbox is full")]
     Busy,
+}
+
+impl NotDelivered {
+    /// A short label for metrics and JSON: `closing`, `slow_consumer` or `busy`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            NotDelivered::Closing => "closing",
+            NotDelivered::SlowConsumer => "slow_consumer",
+            NotDelivered::Busy => "busy",
+        }
+    }
 }
 
 const REGISTERED: u8 = 1;
@@ -196,6 +245,44 @@ impl SessionHandle {
             self.mailbox.found_full();
         }
         offer
+    }
+
+    /// Queues `frame` from a thread with no reactor loop (the admin API, the embedding service,
+    /// a worker): it cannot keep a frame for later, so a full inbox is `Busy` for this session
+    /// and nothing is kept or charged.
+    pub(crate) fn offer_now(&self, frame: &Utf8Bytes) -> Result<(), NotDelivered> {
+        self.charge(frame.len())?;
+        match self.enqueue(frame, frame.len(), true)? {
+            Offer::Queued => Ok(()),
+            Offer::Deferred => {
+                self.queued.fetch_sub(frame.len(), AcqRel);
+                self.mailbox.found_full();
+                Err(NotDelivered::Busy)
+            }
+        }
+    }
+
+    /// A worker's reply (or its "done, nothing to say"), charged to the budget like a push.
+    /// `Full` hands `out` back uncharged for a retry; the caller decides how long to wait.
+    pub(crate) fn try_reply(&self, out: Out) -> Result<(), ReplyError> {
+        let len = out.len();
+        self.charge(len).map_err(ReplyError::Not)?;
+        match self.mailbox.inbox.try_send(Delivery::Reply { token: self.token, conn: self.conn, out }) {
+            Ok(()) => {
+                self.mailbox.wake();
+                Ok(())
+            }
+            Err(e) => {
+                self.queued.fetch_sub(len, AcqRel);
+                match e {
+                    TrySendError::Full(Delivery::Reply { out, .. }) => {
+                        self.mailbox.found_full();
+                        Err(ReplyError::Full(out))
+                    }
+                    _ => Err(ReplyError::Not(NotDelivered::Closing)),
+                }
+            }
+        }
     }
 
     /// Charges `len` bytes to the session's budget without queueing anything, for a frame the

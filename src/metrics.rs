@@ -71,6 +71,8 @@ metrics! {
         unregister_stale,
         /// Sessions kicked by a newer login.
         kicks,
+        /// Sessions kicked through `GatewayHandle::kick` or the admin API.
+        kicks_admin,
         /// Frames received from clients.
         frames_in,
         /// Messages (1003) accepted and relayed.
@@ -83,6 +85,9 @@ metrics! {
         pushes_dropped_closing,
         /// Pushes not queued because the recipient was over its outbound budget.
         pushes_dropped_slow,
+        /// Pushes from a thread with no reactor loop (admin API, embedding service, worker) that
+        /// found the recipient's reactor inbox full: that session was reported not delivered.
+        pushes_dropped_busy,
         /// Kicks whose 2002 frame found the reactor inbox full: the session was closed without it.
         kick_frames_dropped,
         /// Error responses sent for bad requests (malformed, unknown identifier, wrong sendID).
@@ -99,6 +104,18 @@ metrics! {
         logouts,
         /// Times a reactor had to sweep all its sessions because its inbox could not take a notice.
         sweeps,
+        /// Requests, messages, frames and events a handler was called for on a worker.
+        handler_calls,
+        /// Handler calls that panicked (a bug in the handler): requests got errCode 500.
+        handler_panics,
+        /// Requests answered errCode 503 "server busy" at once because the worker queue was full.
+        worker_queue_full,
+        /// Connect and disconnect events not handed to the handler because the worker queue was full.
+        handler_events_dropped,
+        /// Handler replies not sent because their session was closing or over budget.
+        replies_dropped,
+        /// Sessions closed with 1013 because a handler's reply found their inbox full for 2 s.
+        replies_overloaded,
         /// Reactors that panicked (a bug); their connections were dropped and unregistered.
         reactor_panics,
         /// Stalls the watchdog reported: a thread with queued work and no progress for

@@ -28,6 +28,10 @@ pub mod codes {
     pub const CONN_ARGS: i32 = 1602;
     /// The request is understood but not served by this gateway (seq sync needs storage).
     pub const NOT_SUPPORTED: i32 = 1610;
+    /// The embedding service's handler failed (it panicked) while serving the request.
+    pub const SERVER_INTERNAL: i32 = 500;
+    /// The handler's worker queue was full: the request was not taken; try again later.
+    pub const SERVER_BUSY: i32 = 503;
 }
 
 /// Request identifiers (`reqIdentifier`).
@@ -145,14 +149,20 @@ struct Response<'a, T> {
 
 /// Encodes a response envelope answering `req` (or identifier 0 when the frame had none).
 pub fn response<T: Serialize>(req: Option<&Request<'_>>, err_code: i32, err_msg: &str, data: T) -> String {
-    let resp = Response {
-        req_identifier: req.and_then(|r| r.req_identifier).unwrap_or(0),
-        msg_incr: req.map_or("", |r| &r.msg_incr),
-        operation_id: req.map_or("", |r| &r.operation_id),
-        err_code,
-        err_msg,
-        data,
-    };
+    let ident = req.and_then(|r| r.req_identifier).unwrap_or(0);
+    envelope(ident, req.map_or("", |r| &r.msg_incr), req.map_or("", |r| &r.operation_id), err_code, err_msg, data)
+}
+
+/// Encodes a response envelope from its parts (for answers built away from the frame).
+pub fn envelope<T: Serialize>(
+    req_identifier: i32,
+    msg_incr: &str,
+    operation_id: &str,
+    err_code: i32,
+    err_msg: &str,
+    data: T,
+) -> String {
+    let resp = Response { req_identifier, msg_incr, operation_id, err_code, err_msg, data };
     serde_json::to_string(&resp).expect("response serializes")
 }
 
@@ -201,6 +211,24 @@ pub fn push_frame(sender: &str, operation_id: &str, msg: &SendMsg<'_>, server_ms
         err_code: codes::OK,
         err_msg: "",
         data: Msgs { msgs: [pushed] },
+    };
+    serde_json::to_string(&resp).expect("push serializes")
+}
+
+/// A 2001 frame carrying `msg` (a JSON object, already encoded) untouched as `data.msgs[0]`:
+/// what the admin API and [`crate::GatewayHandle::push`] send.
+pub fn push_frame_raw(msg: &RawValue) -> String {
+    #[derive(Serialize)]
+    struct RawMsgs<'a> {
+        msgs: [&'a RawValue; 1],
+    }
+    let resp = Response {
+        req_identifier: ident::PUSH_MSG,
+        msg_incr: "",
+        operation_id: "",
+        err_code: codes::OK,
+        err_msg: "",
+        data: RawMsgs { msgs: [msg] },
     };
     serde_json::to_string(&resp).expect("push serializes")
 }

@@ -202,6 +202,7 @@ mod tests {
                 Delivery::Frame { conn, frame, .. } => format!("frame {conn} {}", &frame[..21]),
                 Delivery::Notice { conn, .. } => format!("notice {conn}"),
                 Delivery::Last { conn, frame, .. } => format!("last {conn} {}", &frame[..21]),
+                Delivery::Reply { conn, .. } => format!("reply {conn}"),
             })
             .collect();
         assert_eq!(kinds, ["notice 1", "last 1 {\"reqIdentifier\":2002", "notice 2"]);

@@ -16,8 +16,8 @@ fn handshake_ok_registers_the_session() {
         let mut c = Client::connect(gw.local_addr(), "u1", 1);
         c.send_text(r#"{"type":"ping"}"#);
         assert_eq!(c.recv_json(), serde_json::json!({"type":"pong"}));
-        eventually(STEP, "u1 registered", || gw.online("u1").len() == 1);
-        assert_eq!(gw.online("u1")[0].platform, 1);
+        eventually(STEP, "u1 registered", || gw.sessions("u1").len() == 1);
+        assert_eq!(gw.sessions("u1")[0].platform, 1);
         assert_eq!(gw.stats().handshakes_ok, 1);
         c.close();
         assert_drained(&gw);
@@ -162,7 +162,7 @@ fn registration_deadline_refuses_with_1013_and_the_late_registration_inserts_and
         let s = gw.stats();
         assert_eq!(s.sessions, 2, "both sessions still open while the role caught up: {s:?}");
         assert_eq!((s.register_timeouts, s.registered, s.kicks, s.handshakes_ok), (2, 0, 0, 0), "{s:?}");
-        assert!(gw.online("u1").is_empty());
+        assert!(gw.sessions("u1").is_empty());
         for c in &mut clients {
             let close = c.expect_close().expect("a close frame");
             assert_eq!(close.code, tungstenite::protocol::frame::coding::CloseCode::Again);

@@ -72,8 +72,8 @@ fn two_gateways_in_one_process_do_not_see_each_other() {
         eventually(STEP, "registered on b", || b.registry_len() == 1);
         let incr = on_a.send_msg("u2", "hello?");
         assert_eq!(on_a.await_reply(&incr)["data"]["delivered"], 0);
-        assert!(a.online("u2").is_empty());
-        assert_eq!(b.online("u2").len(), 1);
+        assert!(a.sessions("u2").is_empty());
+        assert_eq!(b.sessions("u2").len(), 1);
         on_a.close();
         on_b.close();
         assert_drained(&a);
@@ -101,10 +101,10 @@ fn background_flag_is_set_by_2004_and_by_the_url() {
         let gw = start(|_| {});
         let q = login_query("u1", 1) + "&isBackground=true";
         let mut c = Client::connect_query(gw.local_addr(), &q, "u1").unwrap();
-        eventually(STEP, "registered in the background", || gw.online("u1").first().is_some_and(|s| s.background));
+        eventually(STEP, "registered in the background", || gw.sessions("u1").first().is_some_and(|s| s.background));
         c.send_json(&serde_json::json!({"reqIdentifier": 2004, "msgIncr": "fg", "data": {"isBackground": false}}));
         assert_eq!(c.await_reply("fg")["errCode"], 0);
-        assert!(!gw.online("u1")[0].background);
+        assert!(!gw.sessions("u1")[0].background);
         c.close();
         assert_drained(&gw);
     });

@@ -34,7 +34,7 @@ fn slow_consumer_is_closed_and_reported_while_others_are_unaffected() {
         }
         let refused_at = refused_at.expect("the slow consumer was never cut off");
         eventually(STEP, "slow consumer counted", || gw.stats().slow_consumer_closes >= 1);
-        eventually(STEP, "slow consumer unregistered", || gw.online("slow").is_empty());
+        eventually(STEP, "slow consumer unregistered", || gw.sessions("slow").is_empty());
         // Everyone else is unaffected.
         let incr = a.send_msg("b", "fine");
         assert_eq!(a.await_reply(&incr)["data"]["delivered"], 1);

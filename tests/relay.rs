@@ -128,7 +128,7 @@ fn pc_and_other_kicks_non_pc_sessions_and_leaves_pc_alone() {
         let close = ios.expect_close().expect("iOS kicked");
         assert_eq!(close.code, CloseCode::Policy);
         eventually(STEP, "windows, linux and web remain", || gw.registry_len() == 3);
-        let mut platforms: Vec<u8> = gw.online("u1").iter().map(|s| s.platform).collect();
+        let mut platforms: Vec<u8> = gw.sessions("u1").iter().map(|s| s.platform).collect();
         platforms.sort();
         assert_eq!(platforms, vec![3, 5, 7]);
         windows.send_text(r#"{"type":"ping"}"#);
@@ -148,21 +148,21 @@ fn stale_unregister_never_removes_the_newer_session() {
         let mut partner = Client::connect(addr, "p", 1);
         for round in 0..20 {
             let mut old = Client::connect(addr, "u1", 1);
-            eventually(STEP, "old registered", || gw.online("u1").len() == 1);
-            let old_conn = gw.online("u1")[0].conn;
+            eventually(STEP, "old registered", || gw.sessions("u1").len() == 1);
+            let old_conn = gw.sessions("u1")[0].conn;
             let new = Client::connect(addr, "u1", 1);
             // The old session's close (and its unregister) happen after the newer login.
             let _ = old.expect_close();
             drop(old);
             eventually(STEP, "old session's unregister processed", || {
-                gw.online("u1").iter().all(|s| s.conn != old_conn) && gw.stats().connections == 2
+                gw.sessions("u1").iter().all(|s| s.conn != old_conn) && gw.stats().connections == 2
             });
-            let online = gw.online("u1");
+            let online = gw.sessions("u1");
             assert_eq!(online.len(), 1, "round {round}: {online:?}");
             let incr = partner.send_msg("u1", "still reachable?");
             assert_eq!(partner.await_reply(&incr)["data"]["delivered"], 1, "round {round}");
             new.close();
-            eventually(STEP, "u1 offline", || gw.online("u1").is_empty());
+            eventually(STEP, "u1 offline", || gw.sessions("u1").is_empty());
         }
         assert!(gw.stats().unregister_stale >= 20, "{:?}", gw.stats());
         partner.close();
@@ -206,7 +206,7 @@ fn kick_frame_always_precedes_the_kick_close() {
                 })
                 .collect();
             let mut clients: Vec<(bool, Client)> = logins.into_iter().map(|t| t.join().unwrap()).collect();
-            let online = gw.online("u1");
+            let online = gw.sessions("u1");
             assert_eq!(online.len(), 1, "round {round}");
             let kicked = clients.iter().position(|(bg, _)| *bg != online[0].background).unwrap();
             let (_, mut old) = clients.remove(kicked);
@@ -216,7 +216,7 @@ fn kick_frame_always_precedes_the_kick_close() {
             assert_eq!((close.code, close.reason.as_str()), (CloseCode::Policy, "kicked"), "round {round}");
             clients.pop().unwrap().1.close();
             // Otherwise the next round's logins may kick this one while its unregister is in flight.
-            eventually(STEP, "u1 offline before the next round", || gw.online("u1").is_empty());
+            eventually(STEP, "u1 offline before the next round", || gw.sessions("u1").is_empty());
         }
         assert_eq!(gw.stats().kicks, 100);
         assert_drained(&gw);

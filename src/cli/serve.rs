@@ -285,6 +285,10 @@ impl Args {
             read_buffer_size: layer(self.read_buffer_size, file.read_buffer_size, d.read_buffer_size),
             shutdown_timeout: layer(self.shutdown_timeout, file.shutdown_timeout, d.shutdown_timeout),
             stall_after: layer(self.stall_after, file.stall_after, d.stall_after),
+            // Library only: `serve` runs no handler, and always requires tokens.
+            workers: d.workers,
+            worker_queue: d.worker_queue,
+            require_token: d.require_token,
             register_delay: d.register_delay, // testing only: not a flag
         };
         let level = layer(self.log_level, file.log_level, LogLevel::DEFAULT).filter();

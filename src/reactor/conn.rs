@@ -20,12 +20,14 @@ use tungstenite::{Error as WsError, Message, Utf8Bytes, WebSocket};
 
 use super::socket::Socket;
 use super::Ctx;
-use crate::admission::{admit, Identity, Rejection};
+use crate::admission::{admit, admit_open, Identity, Rejection};
 use crate::dispatch::Action;
-use crate::mailbox::{CloseOrder, ConnId, SessionHandle};
+use crate::handler::Frame;
+use crate::mailbox::{CloseOrder, ConnId, Out, SessionHandle};
 use crate::metrics::{add, inc};
 use crate::protocol;
 use crate::throttle::log_throttled;
+use crate::worker::Job;
 
 type Ws = Box<WebSocket<Socket>>;
 type Verdict = Rc<RefCell<Option<Result<Identity, Rejection>>>>;
@@ -93,7 +95,11 @@ pub(crate) struct Auth {
 impl Callback for Auth {
     fn on_request(self, request: &Request, response: Response) -> Result<Response, ErrorResponse> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let outcome = admit(request.uri().query(), &self.ctx.key, now);
+        let outcome = if self.ctx.config.require_token {
+            admit(request.uri().query(), &self.ctx.key, now)
+        } else {
+            admit_open(request.uri().query())
+        };
         let result = match &outcome {
             Ok(_) => Ok(response),
             Err(r) => {
@@ -147,6 +153,11 @@ pub(crate) struct Conn {
     raw_drain: bool,
     /// Frames for a registered session whose `101` could not be written yet (socket full).
     early: Vec<Utf8Bytes>,
+    /// The handler was told of this session (`on_connect`): it must hear of its end too.
+    pub(super) announced: bool,
+    /// Jobs handed to the worker pool and not yet answered. In raw mode the session's next
+    /// frame is read only when this is zero, so answers keep the order of the frames.
+    in_flight: u32,
 }
 
 impl Conn {
@@ -167,6 +178,8 @@ impl Conn {
             after_upgrade: AfterUpgrade::Serve,
             raw_drain: false,
             early: Vec::new(),
+            announced: false,
+            in_flight: 0,
         }
     }
 
@@ -246,8 +259,9 @@ impl Conn {
         let Some(Ok(id)) = verdict.as_ref() else { return };
         add(&ctx.shared.metrics.sessions, 1);
         let conn = ctx.shared.next_conn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let user = if id.user.is_empty() { format!("anonymous-{conn}") } else { id.user.clone() };
         let handle = Arc::new(SessionHandle::new(
-            Arc::from(id.user.as_str()),
+            Arc::from(user),
             id.platform,
             conn,
             id.background,
@@ -301,7 +315,12 @@ impl Conn {
                         let (code, reason) = close_for(order, s, ctx);
                         self.begin_close(ctx, code, reason)
                     }
-                    (AfterUpgrade::Serve, None) => self.read(ctx),
+                    (AfterUpgrade::Serve, None) => {
+                        if let Some(s) = session.filter(|s| !s.has_ended()) {
+                            self.announced = ctx.event(Job::Connect(s));
+                        }
+                        self.read(ctx)
+                    }
                 }
             }
             Some(Err(rejection)) => {
@@ -341,6 +360,9 @@ impl Conn {
         for _ in 0..super::READ_BATCH {
             if self.raw_drain {
                 return self.drain_raw(ctx);
+            }
+            if self.in_flight > 0 && matches!(self.stage, Stage::Open(_)) && ctx.pool.as_ref().is_some_and(|p| p.raw) {
+                return Keep; // the input waits until the handler has answered the last frame
             }
             let ws = match &mut self.stage {
                 Stage::Open(ws) | Stage::Closing(ws) => ws,
@@ -395,6 +417,22 @@ impl Conn {
         if self.is_closing() {
             return Keep; // data after a close frame is dropped, as RFC 6455 allows
         }
+        if ctx.pool.as_ref().is_some_and(|p| p.raw) {
+            let frame = match msg {
+                Message::Text(t) => Frame::Text(t.as_str().to_owned()),
+                Message::Binary(b) => Frame::Binary(b.into()),
+                Message::Close(_) => {
+                    self.enter_closing(ctx);
+                    return self.mark_dirty(ctx);
+                }
+                _ => return self.mark_dirty(ctx),
+            };
+            inc(&ctx.shared.metrics.frames_in);
+            let Some(session) = self.session.clone() else {
+                return Next::End(End::Bug("open without a session".into()));
+            };
+            return self.hand_over(ctx, Job::Frame { session, frame });
+        }
         let text = match &msg {
             Message::Text(t) => t.as_str(),
             Message::Binary(b) => match std::str::from_utf8(b) {
@@ -420,6 +458,44 @@ impl Conn {
                 Keep => self.begin_close(ctx, CloseCode::Normal, "logout"),
                 end => end,
             },
+            Action::Work(job) => self.hand_over(ctx, job),
+        }
+    }
+
+    /// Gives `job` to the worker pool. A full queue answers at once: errCode 503 for a
+    /// request; for a raw frame, which has no envelope to carry it, close 1013.
+    fn hand_over(&mut self, ctx: &mut Ctx, job: Job) -> Next {
+        let Some(pool) = &ctx.pool else { return Next::End(End::Bug("work without a worker pool".into())) };
+        match pool.try_send(job, &ctx.shared.metrics) {
+            Ok(()) => {
+                self.in_flight += 1;
+                Keep
+            }
+            Err(job) => {
+                log_throttled!(
+                    log::Level::Warn,
+                    "{:?}: the handler's worker queue is full; answering busy",
+                    self.session
+                );
+                match job.busy_reply() {
+                    Some(reply) => self.write(ctx, Message::text(reply)),
+                    None => self.begin_close(ctx, CloseCode::Again, "server busy"),
+                }
+            }
+        }
+    }
+
+    /// A worker's answer: write it, and let a raw session read on.
+    pub(crate) fn deliver_reply(&mut self, ctx: &mut Ctx, out: Out) -> Next {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let written = match out {
+            Out::Text(t) => self.write(ctx, Message::Text(t)),
+            Out::Binary(b) => self.write(ctx, Message::Binary(b)),
+            Out::Nothing => Keep,
+        };
+        match written {
+            Keep if self.unread && self.in_flight == 0 => self.read(ctx),
+            other => other,
         }
     }
 
@@ -603,7 +679,8 @@ impl Conn {
 fn close_for(order: CloseOrder, session: &SessionHandle, ctx: &Ctx) -> (CloseCode, &'static str) {
     let m = &ctx.shared.metrics;
     match order {
-        CloseOrder::Kicked => (CloseCode::Policy, "kicked"),
+        CloseOrder::Kicked | CloseOrder::KickedByAdmin => (CloseCode::Policy, "kicked"),
+        CloseOrder::Overloaded => (CloseCode::Again, "server overloaded"),
         CloseOrder::SlowConsumer => {
             inc(&m.slow_consumer_closes);
             log_throttled!(log::Level::Info, "{session:?}: slow consumer, closing");

@@ -30,6 +30,7 @@ use crate::roles::Waiters;
 use crate::throttle::log_throttled;
 use crate::token::TokenKey;
 use crate::watchdog::Beacon;
+use crate::worker::{Job, Pool};
 use conn::{Conn, End, Next};
 
 /// The `Waker`'s token in every reactor's `Poll`.
@@ -95,6 +96,8 @@ pub(crate) struct Queues {
     pub(crate) inbox: Receiver<Delivery>,
     pub(crate) register: RoleSender,
     pub(crate) unregister: RoleSender,
+    /// The handler's worker pool, if the gateway has a handler.
+    pub(crate) pool: Option<Pool>,
 }
 
 /// A reactor's end of a role queue: the sender, and the role's waiters to sign up with when
@@ -121,6 +124,8 @@ pub(crate) struct Ctx {
     pub(crate) dirty: Vec<usize>,
     /// Connections that stopped reading at a batch limit with input left.
     pub(crate) ready: Vec<usize>,
+    /// The handler's worker pool, if the gateway has a handler.
+    pub(crate) pool: Option<Pool>,
 }
 
 impl Ctx {
@@ -140,6 +145,21 @@ impl Ctx {
         let id = self.mailbox.id;
         self.register.retry(&mut self.register_backlog, id);
         self.unregister.retry(&mut self.unregister_backlog, id);
+    }
+
+    /// Hands a connect or disconnect event to the pool; a full queue drops it, counted and
+    /// logged (events are notifications: nothing waits for them). Returns whether it went.
+    pub(crate) fn event(&self, job: Job) -> bool {
+        let Some(pool) = &self.pool else { return false };
+        match pool.try_send(job, &self.shared.metrics) {
+            Ok(()) => true,
+            Err(job) => {
+                inc(&self.shared.metrics.handler_events_dropped);
+                let what = if matches!(job, Job::Connect(_)) { "connect" } else { "disconnect" };
+                log_throttled!(log::Level::Warn, "the handler's worker queue is full: {what} event dropped");
+                false
+            }
+        }
     }
 
     fn backlog_len(&self) -> usize {
@@ -239,6 +259,7 @@ impl Reactor {
             shared.registry.clone(),
             shared.metrics.clone(),
             format!("{}-{}", shared.boot_id, mailbox.id),
+            queues.pool.as_ref().map(|p| p.handler.clone()),
         );
         Reactor {
             poll,
@@ -255,6 +276,7 @@ impl Reactor {
                 unregister_backlog: VecDeque::new(),
                 dirty: Vec::new(),
                 ready: Vec::new(),
+                pool: queues.pool,
             },
             handoff: queues.handoff,
             inbox: queues.inbox,
@@ -439,6 +461,16 @@ impl Reactor {
                     }
                     self.with(token, |c, ctx| c.deliver_last(ctx, frame));
                 }
+                Delivery::Reply { token, conn, out } => {
+                    let Some(c) = self.conns.get_mut(token) else { continue };
+                    if c.conn_id() != Some(conn) {
+                        continue;
+                    }
+                    if let Some(s) = &c.session {
+                        s.dequeued(out.len());
+                    }
+                    self.with(token, |c, ctx| c.deliver_reply(ctx, out));
+                }
             }
         }
     }
@@ -491,6 +523,9 @@ impl Reactor {
         }
         if let Some(session) = conn.session {
             session.mark_ended();
+            if conn.announced {
+                self.ctx.event(Job::Disconnect(session.clone()));
+            }
             add(&metrics.sessions, -1);
             self.ctx.unregister(session);
         }

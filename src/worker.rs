@@ -1,0 +1,240 @@
+//! The handler's worker pool: bounded per-worker queues, the worker threads, their replies.
+//!
+//! Owns the only threads that run embedding-service code. Reactors hand them jobs with
+//! `try_send` (full: the client is told "server busy" at once, [`Pool::try_send`] hands the job
+//! back); a worker answers through the session's reactor inbox with `try_send`, retrying a full
+//! inbox for at most [`REPLY_PATIENCE`] before it orders the session closed with 1013. A worker
+//! may block (in the handler, in that retry) because nothing ever waits on a worker: no reactor
+//! or role thread sends to it with a blocking call or waits for its answer. It must not touch
+//! sockets or send into a role queue.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use tungstenite::Utf8Bytes;
+
+use crate::dispatch::{push_now, relay_to};
+use crate::error::{Error, Result};
+use crate::gateway::{GatewayHandle, WeakGateway};
+use crate::handler::{Frame, Handler, Msg, Reply, Request, Session};
+use crate::mailbox::{CloseOrder, Out, ReplyError, SessionHandle};
+use crate::metrics::{inc, Metrics};
+use crate::protocol::{self, codes, SendAck, SendMsg};
+use crate::throttle::log_throttled;
+
+/// How long a worker retries a reply whose session's inbox is full before closing the session
+/// with 1013: the reply is never dropped silently, and the worker is never stuck for long.
+pub(crate) const REPLY_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Work for a worker. Requests, messages and frames are answered with exactly one
+/// `Delivery::Reply` (possibly `Out::Nothing`), which is what lets a raw session read on.
+pub(crate) enum Job {
+    Request { session: Arc<SessionHandle>, req: Box<Request> },
+    Message { session: Arc<SessionHandle>, req: Box<Request>, msg: Box<Msg> },
+    Frame { session: Arc<SessionHandle>, frame: Frame },
+    Connect(Arc<SessionHandle>),
+    Disconnect(Arc<SessionHandle>),
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self {
+            Job::Request { req, .. } => format!("request {}", req.req_identifier),
+            Job::Message { .. } => "message".into(),
+            Job::Frame { .. } => "frame".into(),
+            Job::Connect(_) => "connect".into(),
+            Job::Disconnect(_) => "disconnect".into(),
+        };
+        write!(f, "{what} of {:?}", self.session())
+    }
+}
+
+impl Job {
+    fn session(&self) -> &Arc<SessionHandle> {
+        match self {
+            Job::Request { session, .. } | Job::Message { session, .. } | Job::Frame { session, .. } => session,
+            Job::Connect(s) | Job::Disconnect(s) => s,
+        }
+    }
+
+    /// The errCode 503 answer for a request that found the queue full (None for raw frames
+    /// and events, which have no envelope).
+    pub(crate) fn busy_reply(&self) -> Option<String> {
+        let req = match self {
+            Job::Request { req, .. } | Job::Message { req, .. } => req,
+            _ => return None,
+        };
+        Some(envelope(
+            req,
+            &Reply::error(codes::SERVER_BUSY, "server busy: the handler's queue is full, try again later"),
+        ))
+    }
+}
+
+fn envelope(req: &Request, reply: &Reply) -> String {
+    protocol::envelope(req.req_identifier, &req.msg_incr, &req.operation_id, reply.code, &reply.msg, &reply.data)
+}
+
+/// A reactor's way into the pool: one sender per worker, and the handler (for its claims).
+#[derive(Clone)]
+pub(crate) struct Pool {
+    queues: Vec<Sender<Job>>,
+    pub(crate) handler: Arc<dyn Handler>,
+    /// `Handler::raw`, read once at start.
+    pub(crate) raw: bool,
+}
+
+impl Pool {
+    /// Hands `job` to its session's worker (always the same one, so a session's jobs keep
+    /// their order). A full (or gone) queue hands it back: the caller answers "busy".
+    pub(crate) fn try_send(&self, job: Job, m: &Metrics) -> Result<(), Job> {
+        let worker = (job.session().conn % self.queues.len() as u64) as usize;
+        self.queues[worker].try_send(job).map_err(|e| {
+            inc(&m.worker_queue_full);
+            match e {
+                TrySendError::Full(job) | TrySendError::Disconnected(job) => job,
+            }
+        })
+    }
+}
+
+/// Creates the pool's queues; [`spawn`] starts the threads once the gateway exists.
+pub(crate) fn queues(handler: Arc<dyn Handler>, workers: usize, capacity: usize) -> (Pool, Vec<Receiver<Job>>) {
+    let (txs, rxs) = (0..workers).map(|_| crossbeam_channel::bounded(capacity)).unzip();
+    let raw = handler.raw();
+    (Pool { queues: txs, handler, raw }, rxs)
+}
+
+/// Starts worker `id` on `queue`. It ends when every sender is gone (the reactors exited).
+pub(crate) fn spawn(
+    id: usize,
+    queue: Receiver<Job>,
+    handler: Arc<dyn Handler>,
+    gateway: WeakGateway,
+    name: String,
+) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let mut worker = Worker { handler, next_id: 0, id, targets: Vec::new() };
+            for job in queue.iter() {
+                // A job outliving the gateway's last handle has nobody to answer to.
+                let Some(gateway) = GatewayHandle::upgrade(&gateway) else { continue };
+                worker.run(job, gateway);
+            }
+        })
+        .map_err(Error::io("spawning a worker thread"))
+}
+
+struct Worker {
+    handler: Arc<dyn Handler>,
+    id: usize,
+    next_id: u64,
+    targets: Vec<Arc<SessionHandle>>,
+}
+
+impl Worker {
+    fn run(&mut self, job: Job, gateway: GatewayHandle) {
+        let metrics = gateway.metrics().clone();
+        inc(&metrics.handler_calls);
+        let handler = self.handler.clone();
+        let session = Session { handle: job.session().clone(), gateway };
+        let guarded = |what: &str, f: &mut dyn FnMut()| {
+            if catch_unwind(AssertUnwindSafe(f)).is_err() {
+                inc(&metrics.handler_panics);
+                log_throttled!(log::Level::Error, "{session:?}: the handler panicked in {what}");
+                return false;
+            }
+            true
+        };
+        let out = match job {
+            Job::Connect(_) => {
+                guarded("on_connect", &mut || handler.on_connect(&session));
+                return;
+            }
+            Job::Disconnect(_) => {
+                guarded("on_disconnect", &mut || handler.on_disconnect(&session));
+                return;
+            }
+            Job::Request { req, .. } => {
+                let mut reply = None;
+                guarded("on_request", &mut || reply = Some(handler.on_request(&session, &req)));
+                let reply = reply.unwrap_or_else(|| Reply::error(codes::SERVER_INTERNAL, "the handler failed"));
+                Out::Text(envelope(&req, &reply).into())
+            }
+            Job::Message { req, msg, .. } => {
+                let mut verdict = None;
+                guarded("on_message", &mut || verdict = Some(handler.on_message(&session, &msg)));
+                match verdict {
+                    Some(Ok(())) => Out::Text(self.relay(&session, &req, &msg, &metrics).into()),
+                    Some(Err(refusal)) => Out::Text(envelope(&req, &refusal).into()),
+                    None => {
+                        Out::Text(envelope(&req, &Reply::error(codes::SERVER_INTERNAL, "the handler failed")).into())
+                    }
+                }
+            }
+            Job::Frame { frame, .. } => {
+                let (mut answer, mut frame) = (None, Some(frame));
+                guarded("on_frame", &mut || answer = frame.take().and_then(|f| handler.on_frame(&session, f)));
+                match answer {
+                    Some(Frame::Text(t)) => Out::Text(Utf8Bytes::from(t)),
+                    Some(Frame::Binary(b)) => Out::Binary(b.into()),
+                    None => Out::Nothing,
+                }
+            }
+        };
+        reply(&session.handle, out, &metrics);
+    }
+
+    /// The gateway's own 1003 relay, run here after `on_message` accepted the message.
+    fn relay(&mut self, session: &Session, req: &Request, msg: &Msg, metrics: &Metrics) -> String {
+        let wire = SendMsg {
+            recv_id: msg.recv_id.as_str().into(),
+            client_msg_id: msg.client_msg_id.as_str().into(),
+            content_type: msg.content_type,
+            content: &msg.content,
+        };
+        self.next_id += 1;
+        let server_msg_id = format!("{}-w{}-{}", session.gateway.boot_id(), self.id, self.next_id);
+        let registry = session.gateway.registry();
+        let me = &session.handle;
+        let ack: SendAck<'_> =
+            relay_to(registry, me, &req.operation_id, &wire, &server_msg_id, &mut self.targets, |t, f| {
+                push_now(metrics, t, f).is_ok()
+            });
+        inc(&metrics.messages_relayed);
+        protocol::envelope(req.req_identifier, &req.msg_incr, &req.operation_id, codes::OK, "", ack)
+    }
+}
+
+/// Sends a worker's answer to its session: at once if its inbox has room, else retried with
+/// growing pauses for up to [`REPLY_PATIENCE`], then the session is closed with 1013 rather
+/// than left with a silent gap. A closing session's reply is dropped and counted.
+pub(crate) fn reply(session: &SessionHandle, mut out: Out, m: &Metrics) {
+    let deadline = Instant::now() + REPLY_PATIENCE;
+    let mut pause = Duration::from_micros(100);
+    loop {
+        match session.try_reply(out) {
+            Ok(()) => return,
+            Err(ReplyError::Not(why)) => {
+                inc(&m.replies_dropped);
+                log::debug!("{session:?}: reply not sent: {why}");
+                return;
+            }
+            Err(ReplyError::Full(back)) if Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(20));
+                out = back;
+            }
+            Err(ReplyError::Full(_)) => {
+                inc(&m.replies_overloaded);
+                log_throttled!(log::Level::Warn, "{session:?}: its inbox stayed full for a reply; closing with 1013");
+                session.order_close(CloseOrder::Overloaded);
+                return;
+            }
+        }
+    }
+}
