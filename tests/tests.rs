@@ -5,6 +5,7 @@ mod proc;
 mod util;
 
 mod cli;
+mod handler;
 mod handshake;
 mod lifecycle;
 mod limits;
