@@ -3,7 +3,7 @@
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use msggate::{Claim, Config, Gateway, Handler, Msg, Platform, Reply, Request, Session};
 use serde_json::{json, Value};

@@ -134,3 +134,19 @@ impl Drop for Proc {
 pub fn run(cmd: &mut Command) -> Exited {
     Proc::spawn(cmd).finish_within(PATIENCE)
 }
+
+/// An example program built next to the binary (`cargo test` builds the examples), with the
+/// same clean environment and piped stdio as [`msggate`].
+pub fn example(name: &str, args: &[&str]) -> Command {
+    let dir = std::path::Path::new(BIN).parent().expect("the binary has a directory");
+    let mut cmd = Command::new(dir.join("examples").join(name));
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd
+}
+
+impl Proc {
+    /// The next stdout line, within [`PATIENCE`].
+    pub fn next_line(&mut self) -> String {
+        self.stdout_lines.recv_timeout(PATIENCE).unwrap_or_else(|e| panic!("no stdout line: {e:?}"))
+    }
+}

@@ -5,6 +5,7 @@ mod proc;
 mod util;
 
 mod cli;
+mod examples;
 mod handler;
 mod handshake;
 mod lifecycle;
