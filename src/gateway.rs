@@ -506,8 +506,10 @@ impl GatewayHandle {
     }
 
     /// Stops accepting, closes every session with 1001, waits up to `shutdown_timeout` for
-    /// their close handshakes, and joins every thread. Idempotent: later calls return the
-    /// first call's summary.
+    /// their close handshakes (and for handler calls in progress to return), and joins every
+    /// thread. Idempotent: later calls return the first call's summary. Called from a handler
+    /// while another thread's shutdown is under way, it returns at once with the counters so
+    /// far (that other shutdown is waiting for the handler to return).
     pub fn shutdown(&self) -> ShutdownSummary {
         self.inner.shutdown()
     }
@@ -515,7 +517,19 @@ impl GatewayHandle {
 
 impl Inner {
     fn shutdown(&self) -> ShutdownSummary {
-        let mut summary = self.summary.lock();
+        let mut summary = match self.summary.try_lock() {
+            Some(guard) => guard,
+            // Another thread is shutting down and will join this one: waiting here for it
+            // would be a wait cycle. Return at once; the flags are already set.
+            None if self.is_own_thread() => {
+                return ShutdownSummary {
+                    sessions_closed: 0,
+                    elapsed: Duration::ZERO,
+                    stats: self.shared.metrics.snapshot(),
+                }
+            }
+            None => self.summary.lock(),
+        };
         if let Some(s) = &*summary {
             return s.clone();
         }
@@ -559,6 +573,15 @@ impl Inner {
         log::info!("{s}");
         *summary = Some(s.clone());
         s
+    }
+}
+
+impl Inner {
+    /// Whether the calling thread is one this gateway spawned (a handler's worker, say): they
+    /// are all named `msggate-<port>-...`, and the port is this gateway's alone.
+    fn is_own_thread(&self) -> bool {
+        let prefix = format!("msggate-{}-", self.local_addr.port());
+        std::thread::current().name().is_some_and(|n| n.starts_with(&prefix))
     }
 }
 

@@ -41,6 +41,8 @@ pub enum Claim {
 /// handshakes or other sessions' relays. One session's requests always go to the same worker,
 /// so they are handled in the order they arrived. When that worker's queue
 /// (`Config::worker_queue`) is full the client gets errCode 503 "server busy" at once.
+/// Connect and disconnect events travel in the same queue; one that finds it full is dropped
+/// and counted (`handler_events_dropped`), since nothing may wait for room.
 ///
 /// ```
 /// use msggate::{Claim, Config, Gateway, Handler, Reply, Request, Session};

@@ -95,6 +95,8 @@ fn worker_queue_full_answers_server_busy_at_once() {
         let (handler, entered, release) = gate();
         let gw = Gateway::start_with(Config { workers: 1, worker_queue: 1, ..config() }, handler).unwrap();
         let mut c = Client::connect(gw.local_addr(), "u1", 1);
+        // The connect event shares the queue: let the worker take it first.
+        crate::util::eventually(STEP, "connect event taken", || gw.worker_depths() == vec![(0, 1)]);
         request(&mut c, SLOW, "r1", Value::Null); // taken by the only worker, which blocks
         assert_eq!(entered.recv_timeout(STEP).unwrap(), "r1");
         request(&mut c, SLOW, "r2", Value::Null); // fills the queue of capacity 1
@@ -335,5 +337,39 @@ fn dropping_the_last_handle_stops_a_gateway_whose_handler_is_idle() {
         drop(gw); // workers hold no strong handle: this stops and joins everything
         assert_eq!(u16::from(c.expect_close().expect("close").code), 1001);
         assert!(std::net::TcpStream::connect_timeout(&addr, STEP).is_err(), "nothing listens any more");
+    });
+}
+
+/// Blocks on the gate, then shuts the gateway down from the worker.
+struct LateQuitter(Gate);
+
+impl Handler for LateQuitter {
+    fn claim(&self, req_identifier: i32) -> Claim {
+        self.0.claim(req_identifier)
+    }
+    fn on_request(&self, s: &Session, req: &Request) -> Reply {
+        self.0.on_request(s, req);
+        s.gateway().shutdown();
+        Reply::ok()
+    }
+}
+
+#[test]
+fn a_handler_calling_shutdown_while_another_thread_shuts_down_does_not_deadlock() {
+    watchdog(6 * STEP, || {
+        let (gate, entered, release) = gate();
+        let gw = Gateway::start_with(config(), LateQuitter(gate)).unwrap();
+        let mut c = Client::connect(gw.local_addr(), "u1", 1);
+        request(&mut c, SLOW, "q", Value::Null);
+        entered.recv_timeout(STEP).unwrap();
+        // This shutdown closes the session, then waits for the worker, which is in the handler.
+        let closer = {
+            let gw = gw.clone();
+            std::thread::spawn(move || gw.shutdown())
+        };
+        assert_eq!(u16::from(c.expect_close().expect("close").code), 1001, "shutdown is under way");
+        release.send(()).unwrap(); // the handler now calls shutdown too, from the worker
+        let summary = closer.join().unwrap();
+        assert_eq!(summary.sessions_closed, 1);
     });
 }
