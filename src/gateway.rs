@@ -439,6 +439,14 @@ impl GatewayHandle {
     /// `platform`, gets a 2002 frame and is closed with 1008 "kicked". Returns the sessions
     /// told to close; one already closing is not counted. Never blocks: a session whose inbox
     /// is full is closed without its 2002.
+    ///
+    /// ```
+    /// # let config = msggate::Config { listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
+    /// let gateway = msggate::Gateway::start(config)?;
+    /// let kicked = gateway.kick("mallory", Some(msggate::Platform::Web));
+    /// assert!(kicked.is_empty()); // mallory was not online
+    /// # Ok::<(), msggate::Error>(())
+    /// ```
     pub fn kick(&self, user: &str, platform: Option<Platform>) -> Vec<OnlineSession> {
         let shared = &self.inner.shared;
         let mut targets = Vec::new();

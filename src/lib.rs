@@ -7,6 +7,10 @@
 //! be waiting on it: the register/unregister deadlock that froze OpenIM's gateway cannot form.
 //! `docs/ARCHITECTURE.md` makes the argument; `docs/PROTOCOL.md` documents the wire format.
 //!
+//! Embedding services push, kick and ask who is online through [`GatewayHandle`], from any
+//! thread and without blocking, and plug their own logic in with a [`Handler`], which runs on a
+//! bounded pool of worker threads and so may block.
+//!
 //! ```no_run
 //! let gateway = msggate::Gateway::start(msggate::Config::default())?;
 //! println!("listening on {}", gateway.local_addr());
