@@ -137,5 +137,61 @@ fn relay_round_trip(c: &mut Criterion) {
     gateway.shutdown();
 }
 
-criterion_group!(benches, admission, envelope, registry, policy, relay_round_trip);
+/// Observes 1003 (a no-op `on_message`) and serves 5000: the cost of the worker hop.
+struct Hop;
+
+impl msggate::Handler for Hop {
+    fn claim(&self, req_identifier: i32) -> msggate::Claim {
+        match req_identifier {
+            1003 => msggate::Claim::Observe,
+            5000 => msggate::Claim::Handler,
+            _ => msggate::Claim::Gateway,
+        }
+    }
+    fn on_request(&self, _s: &msggate::Session, _r: &msggate::Request) -> msggate::Reply {
+        msggate::Reply::ok()
+    }
+}
+
+fn handler_round_trip(c: &mut Criterion) {
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        secret: Some(SECRET.into()),
+        io_threads: 2,
+        workers: 2,
+        ..Config::default()
+    };
+    let gateway = Gateway::start_with(config, Hop).unwrap();
+    let addr = gateway.local_addr();
+    let mut rx = connect(addr, "rx");
+    let mut tx = connect(addr, "tx");
+    while gateway.registry_len() < 2 {
+        std::thread::yield_now();
+    }
+    c.bench_function("reactor round trip (text ping -> pong, loopback)", |b| {
+        b.iter(|| {
+            tx.send(Message::text(r#"{"type":"ping"}"#)).unwrap();
+            assert!(next_text(&mut tx).contains("pong"));
+        })
+    });
+    let request = r#"{"reqIdentifier":5000,"sendID":"tx","operationID":"o","msgIncr":"1"}"#;
+    c.bench_function("handler round trip (claimed request -> worker -> reply, loopback)", |b| {
+        b.iter(|| {
+            tx.send(Message::text(request)).unwrap();
+            assert!(next_text(&mut tx).contains("\"reqIdentifier\":5000"));
+        })
+    });
+    let frame = r#"{"reqIdentifier":1003,"sendID":"tx","operationID":"o","msgIncr":"1","data":{"recvID":"rx","clientMsgID":"c","contentType":101,"content":"hello, this is a benchmark message"}}"#;
+    c.bench_function("observed relay round trip (1003 -> worker -> 2001 + ack, loopback)", |b| {
+        b.iter(|| {
+            tx.send(Message::text(frame)).unwrap();
+            let push = next_text(&mut rx);
+            let ack = next_text(&mut tx);
+            assert!(push.contains("\"reqIdentifier\":2001") && ack.contains("\"delivered\":1"));
+        })
+    });
+    gateway.shutdown();
+}
+
+criterion_group!(benches, admission, envelope, registry, policy, relay_round_trip, handler_round_trip);
 criterion_main!(benches);
