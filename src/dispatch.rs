@@ -10,10 +10,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tungstenite::Utf8Bytes;
 
-use std::collections::VecDeque;
-
 use crate::mailbox::{NotDelivered, Offer, SessionHandle};
-use crate::metrics::{inc, Metrics};
+use crate::metrics::{inc, inc_by, Metrics};
+use crate::outbox::Outbox;
 use crate::protocol::{self, codes, ident, Inbound, Request, SendAck, SendMsg, SetBackground};
 use crate::registry::Registry;
 
@@ -34,42 +33,27 @@ pub(crate) struct Dispatcher {
     next_id: u64,
     targets: Vec<Arc<SessionHandle>>,
     /// Frames whose target reactor's inbox was full, per target reactor, in send order.
-    deferred: Vec<VecDeque<(Arc<SessionHandle>, Utf8Bytes)>>,
+    outbox: Outbox,
 }
 
 impl Dispatcher {
     /// `id_prefix` makes `serverMsgID`s unique across reactors and gateway restarts.
     pub(crate) fn new(registry: Arc<Registry>, metrics: Arc<Metrics>, id_prefix: String) -> Dispatcher {
-        Dispatcher { registry, metrics, id_prefix, next_id: 0, targets: Vec::new(), deferred: Vec::new() }
+        Dispatcher { registry, metrics, id_prefix, next_id: 0, targets: Vec::new(), outbox: Outbox::default() }
     }
 
-    /// Offers `frame` to `target`; a full inbox defers it behind earlier frames for the same
-    /// reactor, so per-recipient order holds. `here` is this reactor's id: a target on it is
-    /// not woken (it drains its own inbox before it sleeps). Returns whether it counts as
-    /// delivered.
+    /// Offers `frame` to `target` through the outbox and counts the outcome. `here` is this
+    /// reactor's id. Returns whether it counts as delivered.
     fn push(&mut self, target: &Arc<SessionHandle>, frame: &Utf8Bytes, here: usize) -> bool {
-        let lane = target.reactor();
-        if self.deferred.len() <= lane {
-            self.deferred.resize_with(lane + 1, VecDeque::new);
-        }
-        let outcome = if !self.deferred[lane].is_empty() {
-            target.charge(frame.len()).map(|()| Offer::Deferred)
-        } else if lane == here {
-            target.offer_local(frame)
-        } else {
-            target.offer(frame)
-        };
-        match outcome {
+        match self.outbox.push(target, frame, Some(here)) {
             Ok(Offer::Queued) => {
                 inc(&self.metrics.pushes_queued);
                 true
             }
             Ok(Offer::Deferred) => {
                 inc(&self.metrics.pushes_deferred);
-                self.deferred[lane].push_back((target.clone(), frame.clone()));
                 true
             }
-            // `offer` never answers Busy: a full inbox defers the frame instead.
             Err(NotDelivered::Closing | NotDelivered::Busy) => {
                 inc(&self.metrics.pushes_dropped_closing);
                 false
@@ -83,28 +67,19 @@ impl Dispatcher {
 
     /// Retries deferred frames, oldest first per reactor; stops at a reactor still full.
     pub(crate) fn retry_deferred(&mut self) {
-        for lane in &mut self.deferred {
-            while let Some((target, frame)) = lane.front() {
-                match target.resume(frame) {
-                    Ok(Offer::Deferred) => break,
-                    Ok(Offer::Queued) => inc(&self.metrics.pushes_queued),
-                    Err(_) => inc(&self.metrics.pushes_dropped_closing),
-                }
-                lane.pop_front();
-            }
-        }
+        let done = self.outbox.retry();
+        inc_by(&self.metrics.pushes_queued, done.queued);
+        inc_by(&self.metrics.pushes_dropped_closing, done.dropped);
     }
 
     /// Drops every deferred frame, releasing the budget it holds on its session (reactor exit).
     pub(crate) fn abandon_deferred(&mut self) {
-        for (target, frame) in self.deferred.drain(..).flatten() {
-            target.dequeued(frame.len());
-        }
+        self.outbox.abandon();
     }
 
     /// Frames waiting for room in some reactor's inbox.
     pub(crate) fn deferred_len(&self) -> usize {
-        self.deferred.iter().map(VecDeque::len).sum()
+        self.outbox.len()
     }
 
     /// Handles one text frame from `me`.

@@ -27,6 +27,7 @@ mod error;
 mod gateway;
 mod mailbox;
 mod metrics;
+mod outbox;
 mod policy;
 mod protocol;
 mod reactor;

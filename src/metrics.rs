@@ -122,6 +122,13 @@ pub(crate) fn inc(counter: &AtomicU64) {
     counter.fetch_add(1, Relaxed);
 }
 
+/// Bumps a counter by `n`.
+pub(crate) fn inc_by(counter: &AtomicU64, n: usize) {
+    if n > 0 {
+        counter.fetch_add(n as u64, Relaxed);
+    }
+}
+
 /// Moves a gauge by `delta`.
 pub(crate) fn add(gauge: &AtomicI64, delta: i64) {
     gauge.fetch_add(delta, Relaxed);
