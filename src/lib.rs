@@ -29,6 +29,7 @@ mod mailbox;
 mod metrics;
 mod outbox;
 mod policy;
+mod presence;
 mod protocol;
 mod reactor;
 mod registry;
