@@ -1,8 +1,10 @@
 //! What a session's text frame asks for, and the relay of 1003 sends.
 //!
-//! Owns the meaning of each request identifier. Runs on the reactor that owns the sending
-//! session; reaches other sessions only through [`SessionHandle::push`] (never blocking) and the
-//! registry's read locks (released before any push). It must not touch sockets: it returns what
+//! Owns the meaning of each request identifier, and the list of users each of its reactor's
+//! sessions watches (2005 presence), which it clears into the presence map when a session ends.
+//! Runs on the reactor that owns the sending session; reaches other sessions only through
+//! [`Outbox::push`] (never blocking) and the registry's and presence map's locks (released
+//! before any push). It must not touch sockets: it returns what
 //! the session should write, and the reactor writes it.
 
 use std::collections::{HashMap, HashSet};
