@@ -400,4 +400,22 @@ mod tests {
         thread.join().unwrap();
         assert!(beacon.progress() > 1, "the role turned while retrying");
     }
+
+    #[test]
+    fn a_subscriber_over_its_budget_is_closed_as_a_slow_consumer_as_for_messages() {
+        let (watched_mb, _watched_rx, _p1) = mailbox(64, 1 << 20);
+        let (sub_mb, sub_rx, _p2) = mailbox(64, 200); // room for one presence frame, not two
+        let ctx = ctx();
+        let mut state = RoleState::default();
+        let subscriber = handle("s", Platform::Web, 100, &sub_mb);
+        ctx.presence.subscribe(&"u".into(), &subscriber);
+        for conn in 1..=3 {
+            register(&ctx, &mut state, &handle("u", Platform::Ios, conn, &watched_mb));
+        }
+        assert_eq!(subscriber.close_order(), Some(CloseOrder::SlowConsumer));
+        assert_eq!(presence_frames(&sub_rx).len(), 1, "the first frame, then nothing");
+        let m = ctx.metrics.snapshot();
+        assert_eq!((m.presence_events, m.presence_pushes, m.presence_dropped), (3, 1, 2));
+        assert_eq!(state.outbox.len(), 0);
+    }
 }

@@ -92,8 +92,11 @@ fn pushes_follow_connect_second_platform_kick_and_disconnect() {
         ios2.close();
         assert_eq!(next_push(&mut me), state("w", &[]), "offline");
         assert!(me.stash.is_empty(), "unexpected frames: {:?}", me.stash);
-        let s = gw.stats();
-        assert_eq!((s.presence_events, s.presence_pushes, s.presence_dropped), (5, 5, 0), "{s:?}");
+        // The role counts a push after handing it over, so the counter may trail the frame a little.
+        eventually(STEP, "five events, five pushes", || {
+            let s = gw.stats();
+            (s.presence_events, s.presence_pushes, s.presence_dropped) == (5, 5, 0)
+        });
         me.close();
         assert_drained(&gw);
     });
@@ -218,9 +221,9 @@ fn presence_frames_are_not_lost_with_every_queue_at_capacity_one() {
                 assert_eq!(next_push(c).0, "w");
             }
         }
+        eventually(STEP, "every push counted", || gw.stats().presence_pushes == 16 * ROUNDS);
         let s = gw.stats();
-        assert_eq!((s.presence_events, s.presence_pushes, s.presence_dropped), (2 * ROUNDS, 16 * ROUNDS, 0), "{s:?}");
-        assert_eq!(s.stalls, 0);
+        assert_eq!((s.presence_events, s.presence_dropped, s.stalls), (2 * ROUNDS, 0, 0), "{s:?}");
         for c in watchers {
             c.close();
         }
