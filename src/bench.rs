@@ -12,9 +12,10 @@ use crossbeam_channel::{bounded, Receiver};
 use crate::mailbox::{Delivery, Mailbox, SessionHandle};
 use crate::metrics::Metrics;
 use crate::policy::{MultiLoginPolicy, Platform};
+use crate::presence::Presence;
 use crate::protocol::{self, Inbound, SendAck, SendMsg};
 use crate::registry::Registry;
-use crate::roles::{self, RoleCtx};
+use crate::roles::{self, RoleCtx, RoleState};
 
 /// Decodes a client frame as the reactor does: envelope, then a 1003's `data`. Returns the
 /// length of the message content, or `None` if the frame is not a valid send.
@@ -47,6 +48,7 @@ pub struct Session(Arc<SessionHandle>);
 /// mailbox whose inbox (kick frames, notices) is emptied after every call.
 pub struct RegistryBench {
     ctx: RoleCtx,
+    state: RoleState,
     mailbox: Arc<Mailbox>,
     inbox: Receiver<Delivery>,
     _poll: mio::Poll,
@@ -62,11 +64,19 @@ impl RegistryBench {
         let metrics = Arc::new(Metrics::default());
         let ctx = RoleCtx {
             registry: Arc::new(Registry::new(metrics.clone())),
+            presence: Arc::new(Presence::new(metrics.clone())),
             metrics,
             policy,
             register_delay: std::time::Duration::ZERO,
         };
-        RegistryBench { ctx, mailbox: Arc::new(Mailbox::new(0, tx, waker, 1 << 20)), inbox, _poll: poll, next_conn: 1 }
+        RegistryBench {
+            ctx,
+            state: RoleState::default(),
+            mailbox: Arc::new(Mailbox::new(0, tx, waker, 1 << 20)),
+            inbox,
+            _poll: poll,
+            next_conn: 1,
+        }
     }
 
     /// Registers a new session of `user` on `platform` as the register role does, kicking
@@ -75,7 +85,7 @@ impl RegistryBench {
         let conn = self.next_conn;
         self.next_conn += 1;
         let handle = Arc::new(SessionHandle::new(user.into(), platform, conn, false, 0, self.mailbox.clone()));
-        roles::register(&self.ctx, &handle);
+        roles::register(&self.ctx, &mut self.state, &handle);
         self.drain();
         Session(handle)
     }
@@ -83,7 +93,7 @@ impl RegistryBench {
     /// Removes `session` as the unregister role does; returns whether it was still registered.
     pub fn unregister(&mut self, session: &Session) -> bool {
         session.0.mark_ended();
-        self.ctx.registry.unregister(&session.0)
+        self.ctx.registry.unregister(&session.0).is_some()
     }
 
     /// Sessions in the registry.

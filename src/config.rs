@@ -59,6 +59,9 @@ pub struct Config {
     pub read_buffer_size: usize,
     /// On shutdown, how long sessions get to finish their close handshake. Default 2 s.
     pub shutdown_timeout: Duration,
+    /// Most users one session may watch at once with 2005 presence subscriptions. Default 1000.
+    /// A request that would go past it changes nothing and is answered with errCode 1001.
+    pub max_subscriptions: usize,
     /// A role thread or reactor with queued work and no progress for this long is reported
     /// once, at error level, with a dump of every thread (the stall watchdog). Default 5 s.
     pub stall_after: Duration,
@@ -99,6 +102,7 @@ impl Default for Config {
             outbound_budget: 256 * 1024,
             read_buffer_size: 1024,
             shutdown_timeout: Duration::from_secs(2),
+            max_subscriptions: 1000,
             stall_after: Duration::from_secs(5),
             workers: 4,
             worker_queue: 1024,
@@ -144,6 +148,7 @@ impl Config {
             ));
         }
         at_least("max_connections", self.max_connections, 1)?;
+        at_least("max_subscriptions", self.max_subscriptions, 1)?;
         at_least("read_buffer_size", self.read_buffer_size, 64)?;
         at_least("outbound_budget", self.outbound_budget, self.max_message_size)
             .map_err(|_| Error::config("outbound_budget", "must be at least max_message_size"))?;
@@ -200,6 +205,7 @@ mod tests {
         assert_eq!(c.handshake_timeout, Duration::from_secs(10));
         assert_eq!((c.ping_interval, c.idle_timeout), (Duration::from_secs(27), Duration::from_secs(30)));
         assert_eq!(c.stall_after, Duration::from_secs(5));
+        assert_eq!(c.max_subscriptions, 1000);
     }
 
     #[test]
@@ -217,6 +223,7 @@ mod tests {
             ("stall_after", Config { stall_after: Duration::ZERO, ..Config::default() }),
             ("workers", Config { workers: 0, ..Config::default() }),
             ("worker_queue", Config { worker_queue: 0, ..Config::default() }),
+            ("max_subscriptions", Config { max_subscriptions: 0, ..Config::default() }),
         ];
         for (field, config) in cases {
             match config.validate() {

@@ -1,21 +1,27 @@
 //! What a session's text frame asks for, and the relay of 1003 sends.
 //!
-//! Owns the meaning of each request identifier. Runs on the reactor that owns the sending
-//! session; reaches other sessions only through [`SessionHandle::push`] (never blocking) and the
-//! registry's read locks (released before any push). It must not touch sockets: it returns what
+//! Owns the meaning of each request identifier, and the list of users each of its reactor's
+//! sessions watches (2005 presence), which it clears into the presence map when a session ends.
+//! Runs on the reactor that owns the sending session; reaches other sessions only through
+//! [`Outbox::push`] (never blocking) and the registry's and presence map's locks (released
+//! before any push). It must not touch sockets: it returns what
 //! the session should write, and the reactor writes it.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tungstenite::Utf8Bytes;
 
-use std::collections::VecDeque;
-
 use crate::handler::{self, Claim, Handler, Msg};
-use crate::mailbox::{NotDelivered, Offer, SessionHandle};
-use crate::metrics::{inc, Metrics};
-use crate::protocol::{self, codes, ident, Inbound, Request, SendAck, SendMsg, SetBackground};
+use crate::mailbox::{ConnId, NotDelivered, Offer, SessionHandle};
+use crate::metrics::{inc, inc_by, Metrics};
+use crate::outbox::Outbox;
+use crate::presence::Presence;
+use crate::protocol::{
+    self, codes, ident, Inbound, Request, SendAck, SendMsg, SetBackground, SubUserOnlineStatus,
+    SubUserOnlineStatusTips, UserOnlineStatus,
+};
 use crate::registry::Registry;
 use crate::worker::Job;
 
@@ -38,9 +44,15 @@ pub(crate) struct Dispatcher {
     next_id: u64,
     targets: Vec<Arc<SessionHandle>>,
     /// Frames whose target reactor's inbox was full, per target reactor, in send order.
-    deferred: Vec<VecDeque<(Arc<SessionHandle>, Utf8Bytes)>>,
+    outbox: Outbox,
     /// The embedding service's handler, asked who serves each request.
     handler: Option<Arc<dyn Handler>>,
+    presence: Arc<Presence>,
+    /// `Config::max_subscriptions`.
+    max_subscriptions: usize,
+    /// Users each of this reactor's sessions watches (2005), sorted; only sessions that watch
+    /// someone have an entry. Only this reactor touches it: no lock.
+    watching: HashMap<ConnId, Vec<Arc<str>>>,
 }
 
 impl Dispatcher {
@@ -49,38 +61,43 @@ impl Dispatcher {
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
         id_prefix: String,
+        presence: Arc<Presence>,
+        max_subscriptions: usize,
         handler: Option<Arc<dyn Handler>>,
     ) -> Dispatcher {
-        Dispatcher { registry, metrics, id_prefix, next_id: 0, targets: Vec::new(), deferred: Vec::new(), handler }
+        Dispatcher {
+            registry,
+            metrics,
+            id_prefix,
+            next_id: 0,
+            targets: Vec::new(),
+            outbox: Outbox::default(),
+            handler,
+            presence,
+            max_subscriptions,
+            watching: HashMap::new(),
+        }
     }
 
-    /// Offers `frame` to `target`; a full inbox defers it behind earlier frames for the same
-    /// reactor, so per-recipient order holds. `here` is this reactor's id: a target on it is
-    /// not woken (it drains its own inbox before it sleeps). Returns whether it counts as
-    /// delivered.
-    fn push(&mut self, target: &Arc<SessionHandle>, frame: &Utf8Bytes, here: usize) -> bool {
-        let lane = target.reactor();
-        if self.deferred.len() <= lane {
-            self.deferred.resize_with(lane + 1, VecDeque::new);
+    /// The session has ended (reactor, before its unregister): its subscriptions end with it.
+    pub(crate) fn session_ended(&mut self, session: &SessionHandle) {
+        if let Some(users) = self.watching.remove(&session.conn) {
+            self.presence.unsubscribe_all(session, &users);
         }
-        let outcome = if !self.deferred[lane].is_empty() {
-            target.charge(frame.len()).map(|()| Offer::Deferred)
-        } else if lane == here {
-            target.offer_local(frame)
-        } else {
-            target.offer(frame)
-        };
-        match outcome {
+    }
+
+    /// Offers `frame` to `target` through the outbox and counts the outcome. `here` is this
+    /// reactor's id. Returns whether it counts as delivered.
+    fn push(&mut self, target: &Arc<SessionHandle>, frame: &Utf8Bytes, here: usize) -> bool {
+        match self.outbox.push(target, frame, Some(here)) {
             Ok(Offer::Queued) => {
                 inc(&self.metrics.pushes_queued);
                 true
             }
             Ok(Offer::Deferred) => {
                 inc(&self.metrics.pushes_deferred);
-                self.deferred[lane].push_back((target.clone(), frame.clone()));
                 true
             }
-            // `offer` never answers Busy: a full inbox defers the frame instead.
             Err(NotDelivered::Closing | NotDelivered::Busy) => {
                 inc(&self.metrics.pushes_dropped_closing);
                 false
@@ -94,28 +111,19 @@ impl Dispatcher {
 
     /// Retries deferred frames, oldest first per reactor; stops at a reactor still full.
     pub(crate) fn retry_deferred(&mut self) {
-        for lane in &mut self.deferred {
-            while let Some((target, frame)) = lane.front() {
-                match target.resume(frame) {
-                    Ok(Offer::Deferred) => break,
-                    Ok(Offer::Queued) => inc(&self.metrics.pushes_queued),
-                    Err(_) => inc(&self.metrics.pushes_dropped_closing),
-                }
-                lane.pop_front();
-            }
-        }
+        let done = self.outbox.retry();
+        inc_by(&self.metrics.pushes_queued, done.queued);
+        inc_by(&self.metrics.pushes_dropped_closing, done.dropped);
     }
 
     /// Drops every deferred frame, releasing the budget it holds on its session (reactor exit).
     pub(crate) fn abandon_deferred(&mut self) {
-        for (target, frame) in self.deferred.drain(..).flatten() {
-            target.dequeued(frame.len());
-        }
+        self.outbox.abandon();
     }
 
     /// Frames waiting for room in some reactor's inbox.
     pub(crate) fn deferred_len(&self) -> usize {
-        self.deferred.iter().map(VecDeque::len).sum()
+        self.outbox.len()
     }
 
     /// Handles one text frame from `me`.
@@ -168,6 +176,7 @@ impl Dispatcher {
                 }
                 Err(e) => self.error(Some(&req), codes::ARGS, &e.0),
             },
+            ident::SUB_USER_ONLINE_STATUS => self.subscribe(me, &req),
             ident::GET_NEWEST_SEQ | ident::PULL_MSG_BY_SEQ => {
                 self.error(Some(&req), codes::NOT_SUPPORTED, "seq sync is not supported: this gateway keeps no storage")
             }
@@ -178,6 +187,73 @@ impl Dispatcher {
     fn error(&self, req: Option<&Request<'_>>, code: i32, msg: &str) -> Action {
         inc(&self.metrics.request_errors);
         Action::Reply(protocol::error_response(req, code, msg))
+    }
+
+    /// 2005: unsubscribe, then subscribe (a user in both lists stays subscribed), then answer each
+    /// subscribed user's online platforms. All or nothing: a request that would take the session
+    /// past `max_subscriptions` changes nothing.
+    fn subscribe(&mut self, me: &Arc<SessionHandle>, req: &Request<'_>) -> Action {
+        let sub: SubUserOnlineStatus = match protocol::data(req, "2005 subscribe") {
+            Ok(s) => s,
+            Err(e) => return self.error(Some(req), codes::ARGS, &e.0),
+        };
+        let (subscribe, unsubscribe) = match (sub.subscribe_user_ids, sub.unsubscribe_user_ids) {
+            (None, None) => {
+                let msg = "2005 subscribe: neither subscribeUserIDs nor unsubscribeUserIDs";
+                return self.error(Some(req), codes::ARGS, msg);
+            }
+            (s, u) => (s.unwrap_or_default(), u.unwrap_or_default()),
+        };
+        if subscribe.iter().chain(&unsubscribe).any(String::is_empty) {
+            return self.error(Some(req), codes::ARGS, "2005 subscribe: empty user id");
+        }
+        let mut seen = HashSet::with_capacity(subscribe.len());
+        let wanted: Vec<&str> = subscribe.iter().map(String::as_str).filter(|u| seen.insert(*u)).collect();
+        let dropped: HashSet<&str> = unsubscribe.iter().map(String::as_str).filter(|u| !seen.contains(u)).collect();
+
+        let watching = self.watching.remove(&me.conn).unwrap_or_default();
+        let find = |list: &[Arc<str>], user: &str| list.binary_search_by(|w| (**w).cmp(user));
+        let removed = dropped.iter().filter(|u| find(&watching, u).is_ok()).count();
+        let added = wanted.iter().filter(|u| find(&watching, u).is_err()).count();
+        let total = watching.len() - removed + added;
+        if total > self.max_subscriptions {
+            self.keep_watching(me, watching);
+            let msg = format!(
+                "2005 subscribe: the session would watch {total} users, over max_subscriptions ({})",
+                self.max_subscriptions
+            );
+            return self.error(Some(req), codes::ARGS, &msg);
+        }
+        let mut watching = watching;
+        for user in dropped {
+            if let Ok(i) = find(&watching, user) {
+                self.presence.unsubscribe(user, me);
+                watching.remove(i);
+            }
+        }
+        for &user in &wanted {
+            if let Err(i) = find(&watching, user) {
+                let user: Arc<str> = user.into();
+                self.presence.subscribe(&user, me);
+                watching.insert(i, user);
+            }
+        }
+        self.keep_watching(me, watching);
+        // Read after subscribing: a change the answer misses is pushed (see docs/PROTOCOL.md).
+        let subscribers = wanted
+            .iter()
+            .map(|&user| UserOnlineStatus {
+                user_id: user,
+                online_platform_ids: self.registry.platforms_of(user).ids(),
+            })
+            .collect();
+        Action::Reply(protocol::response(Some(req), codes::OK, "", SubUserOnlineStatusTips { subscribers }))
+    }
+
+    fn keep_watching(&mut self, me: &SessionHandle, watching: Vec<Arc<str>>) {
+        if !watching.is_empty() {
+            self.watching.insert(me.conn, watching);
+        }
     }
 
     /// 1003: push 2001 to every session of the recipient and the sender's other sessions, then
@@ -265,6 +341,11 @@ mod tests {
     use crate::policy::{MultiLoginPolicy, Platform};
     use serde_json::Value;
 
+    fn dispatcher(registry: Arc<Registry>, metrics: Arc<Metrics>, max_subscriptions: usize) -> Dispatcher {
+        let presence = Arc::new(Presence::new(metrics.clone()));
+        Dispatcher::new(registry, metrics, "t".into(), presence, max_subscriptions, None)
+    }
+
     fn reply(a: Action) -> Value {
         match a {
             Action::Reply(t) | Action::ReplyThenClose(t) => serde_json::from_str(&t).unwrap(),
@@ -284,7 +365,7 @@ mod tests {
         for h in [&u1_ios, &u1_web, &u2_ios, &u2_pc] {
             registry.register(h, MultiLoginPolicy::SameTerminalKick);
         }
-        let mut d = Dispatcher::new(registry, metrics, "t".into(), None);
+        let mut d = dispatcher(registry, metrics, 1000);
         let text = r#"{"reqIdentifier":1003,"sendID":"u1","msgIncr":"5","operationID":"op",
             "data":{"recvID":"u2","clientMsgID":"c1","contentType":101,"content":"hi"}}"#;
         let ack = reply(d.on_text(&u1_ios, text));
@@ -307,7 +388,7 @@ mod tests {
     fn offline_recipient_acks_zero() {
         let (mb, _rx, _poll) = mailbox(64, 1 << 20);
         let metrics = Arc::new(Metrics::default());
-        let mut d = Dispatcher::new(Arc::new(Registry::new(metrics.clone())), metrics, "t".into(), None);
+        let mut d = dispatcher(Arc::new(Registry::new(metrics.clone())), metrics, 1000);
         let me = handle("u1", Platform::Ios, 1, &mb);
         let text = r#"{"reqIdentifier":1003,"sendID":"u1","data":{"recvID":"nobody","content":"x"}}"#;
         let ack = reply(d.on_text(&me, text));
@@ -318,7 +399,7 @@ mod tests {
     fn bad_requests_get_documented_codes() {
         let (mb, _rx, _poll) = mailbox(64, 1 << 20);
         let metrics = Arc::new(Metrics::default());
-        let mut d = Dispatcher::new(Arc::new(Registry::new(metrics.clone())), metrics.clone(), "t".into(), None);
+        let mut d = dispatcher(Arc::new(Registry::new(metrics.clone())), metrics.clone(), 1000);
         let me = handle("u1", Platform::Ios, 1, &mb);
         let cases = [
             ("not json", 1001),
@@ -329,6 +410,12 @@ mod tests {
             (r#"{"reqIdentifier":1003,"sendID":"u1"}"#, 1001),
             (r#"{"reqIdentifier":1001}"#, 1610),
             (r#"{"reqIdentifier":2004,"data":{}}"#, 1001),
+            (r#"{"reqIdentifier":2005}"#, 1001),
+            (r#"{"reqIdentifier":2005,"data":{}}"#, 1001),
+            (r#"{"reqIdentifier":2005,"data":{"subscribeUserIDs":null,"unsubscribeUserIDs":null}}"#, 1001),
+            (r#"{"reqIdentifier":2005,"data":{"subscribeUserIDs":["a",""]}}"#, 1001),
+            (r#"{"reqIdentifier":2005,"data":{"unsubscribeUserIDs":[""]}}"#, 1001),
+            (r#"{"reqIdentifier":2005,"data":{"subscribeUserIDs":[1]}}"#, 1001),
         ];
         for (text, code) in cases {
             assert_eq!(reply(d.on_text(&me, text))["errCode"], code, "{text}");
@@ -340,12 +427,79 @@ mod tests {
     fn logout_and_background_and_ping() {
         let (mb, _rx, _poll) = mailbox(64, 1 << 20);
         let metrics = Arc::new(Metrics::default());
-        let mut d = Dispatcher::new(Arc::new(Registry::new(metrics.clone())), metrics, "t".into(), None);
+        let mut d = dispatcher(Arc::new(Registry::new(metrics.clone())), metrics, 1000);
         let me = handle("u1", Platform::Ios, 1, &mb);
         assert!(matches!(d.on_text(&me, r#"{"reqIdentifier":2003}"#), Action::ReplyThenClose(_)));
         let r = reply(d.on_text(&me, r#"{"reqIdentifier":2004,"data":{"isBackground":true}}"#));
         assert_eq!(r["errCode"], 0);
         assert!(me.background.load(std::sync::atomic::Ordering::Relaxed));
         assert!(matches!(d.on_text(&me, r#"{"type":"ping"}"#), Action::Reply(p) if p == protocol::PONG));
+    }
+
+    fn subscribe(d: &mut Dispatcher, me: &Arc<SessionHandle>, sub: &[&str], unsub: &[&str]) -> Value {
+        let text = serde_json::json!({"reqIdentifier":2005,"msgIncr":"9","operationID":"op",
+            "data":{"subscribeUserIDs":sub,"unsubscribeUserIDs":unsub}})
+        .to_string();
+        reply(d.on_text(me, &text))
+    }
+
+    fn watched(d: &Dispatcher, me: &SessionHandle) -> Vec<String> {
+        d.watching.get(&me.conn).map_or_else(Vec::new, |w| w.iter().map(|u| u.to_string()).collect())
+    }
+
+    #[test]
+    fn subscribe_answers_each_users_platforms_in_request_order_once() {
+        let (mb, _rx, _poll) = mailbox(64, 1 << 20);
+        let metrics = Arc::new(Metrics::default());
+        let registry = Arc::new(Registry::new(metrics.clone()));
+        registry.register(&handle("on", Platform::Web, 1, &mb), MultiLoginPolicy::SameTerminalKick);
+        registry.register(&handle("on", Platform::Ios, 2, &mb), MultiLoginPolicy::SameTerminalKick);
+        let mut d = dispatcher(registry, metrics.clone(), 1000);
+        let me = handle("me", Platform::Ios, 3, &mb);
+        let r = subscribe(&mut d, &me, &["off", "on", "off"], &[]);
+        assert_eq!(
+            (r["reqIdentifier"].as_i64(), r["msgIncr"].as_str(), r["errCode"].as_i64()),
+            (Some(2005), Some("9"), Some(0))
+        );
+        assert_eq!(
+            r["data"],
+            serde_json::json!({"subscribers":[{"userID":"off","onlinePlatformIDs":[]},
+                                              {"userID":"on","onlinePlatformIDs":[1,5]}]})
+        );
+        assert_eq!(watched(&d, &me), ["off", "on"]);
+        assert_eq!(metrics.snapshot().presence_subscriptions, 2);
+        // Unsubscribing answers nothing, and unsubscribing a user not watched is a no-op.
+        let r = subscribe(&mut d, &me, &[], &["off", "never"]);
+        assert_eq!((r["errCode"].as_i64(), &r["data"]), (Some(0), &serde_json::json!({"subscribers":[]})));
+        assert_eq!(watched(&d, &me), ["on"]);
+        // The session ends: every subscription with it.
+        d.session_ended(&me);
+        assert!(d.watching.is_empty());
+        assert_eq!(metrics.snapshot().presence_subscriptions, 0);
+    }
+
+    #[test]
+    fn the_cap_is_all_or_nothing_and_counts_after_unsubscribing() {
+        let (mb, _rx, _poll) = mailbox(64, 1 << 20);
+        let metrics = Arc::new(Metrics::default());
+        let mut d = dispatcher(Arc::new(Registry::new(metrics.clone())), metrics.clone(), 3);
+        let me = handle("me", Platform::Ios, 1, &mb);
+        assert_eq!(subscribe(&mut d, &me, &["a", "b"], &[])["errCode"], 0);
+        let r = subscribe(&mut d, &me, &["c", "d"], &[]);
+        assert_eq!(r["errCode"], 1001);
+        assert!(r["errMsg"].as_str().unwrap().contains("max_subscriptions (3)"), "{r}");
+        assert_eq!(watched(&d, &me), ["a", "b"], "nothing changed");
+        assert_eq!(
+            subscribe(&mut d, &me, &["a", "b", "c"], &[])["errCode"],
+            0,
+            "already watched ones do not count twice"
+        );
+        assert_eq!(subscribe(&mut d, &me, &["d"], &["a"])["errCode"], 0, "unsubscribes make room first");
+        assert_eq!(watched(&d, &me), ["b", "c", "d"]);
+        assert_eq!(subscribe(&mut d, &me, &["e"], &["e"])["errCode"], 1001, "in both lists: subscribed, so over");
+        assert_eq!(subscribe(&mut d, &me, &["b"], &["b"])["errCode"], 0, "in both lists: stays subscribed");
+        assert_eq!(watched(&d, &me), ["b", "c", "d"]);
+        assert_eq!(metrics.snapshot().presence_subscriptions, 3);
+        assert_eq!(metrics.snapshot().request_errors, 2);
     }
 }

@@ -25,6 +25,7 @@ use crate::handler::Handler;
 use crate::mailbox::{CloseOrder, ConnId, Mailbox, NotDelivered};
 use crate::metrics::{inc, Metrics, Snapshot};
 use crate::policy::Platform;
+use crate::presence::Presence;
 use crate::protocol;
 use crate::reactor::{Queues, Reactor, RoleSender, Shared, REACTOR_LABELS};
 use crate::registry::{OnlineSession, Registry};
@@ -173,6 +174,7 @@ impl Gateway {
         let local_addr = listener.local_addr().map_err(Error::io("reading the listen address"))?;
         let metrics = Arc::new(Metrics::default());
         let registry = Arc::new(Registry::new(metrics.clone()));
+        let presence = Arc::new(Presence::new(metrics.clone()));
         let write_threshold = (config.outbound_budget / 2).min(8192);
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(config.read_buffer_size)
@@ -185,6 +187,7 @@ impl Gateway {
             key: TokenKey::new(config.secret_or_dev().as_bytes()),
             ws_config,
             registry: registry.clone(),
+            presence: presence.clone(),
             metrics: metrics.clone(),
             shutdown: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -319,6 +322,7 @@ impl Gateway {
         }
         let role_ctx = Arc::new(RoleCtx {
             registry,
+            presence,
             metrics,
             policy: config.multi_login_policy,
             register_delay: config.register_delay,

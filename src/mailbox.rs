@@ -223,7 +223,7 @@ impl SessionHandle {
         }
     }
 
-    /// Queues `frame` for this session without blocking, for reactors.
+    /// Queues `frame` for this session without blocking, for reactors and role threads.
     ///
     /// `Offer::Deferred` means the reactor inbox was full: the frame is charged to the
     /// session's budget and the caller keeps it, in order, and retries with [`Self::resume`].

@@ -90,6 +90,15 @@ metrics! {
         pushes_dropped_busy,
         /// Kicks whose 2002 frame found the reactor inbox full: the session was closed without it.
         kick_frames_dropped,
+        /// Registry edits (a login, with the sessions it kicked, or a removal) of a user with at
+        /// least one presence subscriber, fanned out as one 2005 frame per subscriber.
+        presence_events,
+        /// 2005 presence frames queued to a subscriber, or deferred behind a full inbox (a deferred
+        /// frame later dropped is counted again in `presence_dropped`).
+        presence_pushes,
+        /// 2005 presence frames not delivered: the subscriber was closing, or over its outbound
+        /// budget (then closed as a slow consumer, as for messages).
+        presence_dropped,
         /// Error responses sent for bad requests (malformed, unknown identifier, wrong sendID).
         request_errors,
         /// Sessions closed as slow consumers (1008).
@@ -131,12 +140,21 @@ metrics! {
         registry_sessions,
         /// Users with at least one session in the registry.
         online_users,
+        /// Presence subscriptions held (session, watched user) pairs, over every session.
+        presence_subscriptions,
     }
 }
 
 /// Bumps a counter by one.
 pub(crate) fn inc(counter: &AtomicU64) {
     counter.fetch_add(1, Relaxed);
+}
+
+/// Bumps a counter by `n`.
+pub(crate) fn inc_by(counter: &AtomicU64, n: usize) {
+    if n > 0 {
+        counter.fetch_add(n as u64, Relaxed);
+    }
 }
 
 /// Moves a gauge by `delta`.

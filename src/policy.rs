@@ -195,6 +195,30 @@ impl FromStr for MultiLoginPolicy {
     }
 }
 
+/// A set of platforms (a user's online platforms), as a bit per platform id: no allocation, so
+/// the registry can compute it under its lock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct PlatformSet(u16);
+
+impl PlatformSet {
+    pub(crate) fn insert(&mut self, p: Platform) {
+        self.0 |= 1 << p.id();
+    }
+
+    /// The platform ids in the set, ascending, each once.
+    pub(crate) fn ids(self) -> Vec<u8> {
+        Platform::ALL.iter().map(|p| p.id()).filter(|id| self.0 & (1 << id) != 0).collect()
+    }
+}
+
+impl FromIterator<Platform> for PlatformSet {
+    fn from_iter<I: IntoIterator<Item = Platform>>(iter: I) -> PlatformSet {
+        let mut set = PlatformSet::default();
+        iter.into_iter().for_each(|p| set.insert(p));
+        set
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,5 +311,12 @@ mod tests {
         let err = "kick-everyone".parse::<MultiLoginPolicy>().unwrap_err();
         assert!(err.contains("same-terminal-kick (1)"), "{err}");
         assert_eq!(MultiLoginPolicy::default(), SameTerminalKick);
+    }
+
+    #[test]
+    fn platform_set_lists_ids_ascending_once() {
+        let set: PlatformSet = [Platform::Web, Platform::Ios, Platform::Web, Platform::HarmonyOs].into_iter().collect();
+        assert_eq!(set.ids(), vec![1, 5, 11]);
+        assert_eq!(PlatformSet::default().ids(), Vec::<u8>::new());
     }
 }

@@ -50,6 +50,9 @@ pub mod ident {
     pub const LOGOUT: i32 = 2003;
     /// Set the session's background flag.
     pub const SET_BACKGROUND: i32 = 2004;
+    /// Subscribe to (or unsubscribe from) users' online status; also the server's push when a
+    /// watched user's online platforms change.
+    pub const SUB_USER_ONLINE_STATUS: i32 = 2005;
 }
 
 /// A client request envelope. Strings borrow from the frame when they have no escapes.
@@ -124,6 +127,48 @@ pub struct SetBackground {
     /// The new background state.
     #[serde(rename = "isBackground")]
     pub is_background: bool,
+}
+
+/// `data` of a 2005 subscription request. Either list may be absent, not both.
+#[derive(Debug, Deserialize)]
+pub struct SubUserOnlineStatus {
+    /// Users to start watching (OpenIM's protobuf spells it `subscribeUserID`, accepted too).
+    #[serde(rename = "subscribeUserIDs", alias = "subscribeUserID", default)]
+    pub subscribe_user_ids: Option<Vec<String>>,
+    /// Users to stop watching.
+    #[serde(rename = "unsubscribeUserIDs", alias = "unsubscribeUserID", default)]
+    pub unsubscribe_user_ids: Option<Vec<String>>,
+}
+
+/// One user's online platforms, in a 2005 answer or push (OpenIM's `SubUserOnlineStatusElem`).
+#[derive(Debug, Serialize)]
+pub struct UserOnlineStatus<'a> {
+    /// The watched user.
+    #[serde(rename = "userID")]
+    pub user_id: &'a str,
+    /// Platform ids the user is online on, ascending, each once; empty: offline.
+    #[serde(rename = "onlinePlatformIDs")]
+    pub online_platform_ids: Vec<u8>,
+}
+
+/// `data` of a 2005 answer or push (OpenIM's `SubUserOnlineStatusTips`).
+#[derive(Debug, Serialize)]
+pub struct SubUserOnlineStatusTips<'a> {
+    /// One element per user.
+    pub subscribers: Vec<UserOnlineStatus<'a>>,
+}
+
+/// The 2005 push telling a subscriber `user`'s online platforms after a change.
+pub fn presence_frame(user: &str, online_platform_ids: Vec<u8>) -> String {
+    let resp = Response {
+        req_identifier: ident::SUB_USER_ONLINE_STATUS,
+        msg_incr: "",
+        operation_id: "",
+        err_code: codes::OK,
+        err_msg: "",
+        data: SubUserOnlineStatusTips { subscribers: vec![UserOnlineStatus { user_id: user, online_platform_ids }] },
+    };
+    serde_json::to_string(&resp).expect("presence push serializes")
 }
 
 /// Decodes `data` as `T`, with an error that names the identifier.
@@ -354,5 +399,51 @@ mod tests {
         let kick = parse(&kick_frame("kicked"));
         assert_eq!((kick["reqIdentifier"].as_i64(), kick["errMsg"].as_str()), (Some(2002), Some("kicked")));
         assert_eq!(status_json(0, ""), r#"{"errCode":0,"errMsg":"","errDlt":""}"#);
+    }
+
+    #[test]
+    fn subscription_request_decodes_either_spelling_and_absent_lists() {
+        let Inbound::Request(req) =
+            decode(r#"{"reqIdentifier":2005,"data":{"subscribeUserIDs":["a","b\"c"],"x":1}}"#).unwrap()
+        else {
+            panic!()
+        };
+        let sub: SubUserOnlineStatus = data(&req, "2005").unwrap();
+        assert_eq!(sub.subscribe_user_ids, Some(vec!["a".to_owned(), "b\"c".to_owned()]));
+        assert_eq!(sub.unsubscribe_user_ids, None);
+        let Inbound::Request(req) = decode(r#"{"reqIdentifier":2005,"data":{"unsubscribeUserID":["a"]}}"#).unwrap()
+        else {
+            panic!()
+        };
+        let sub: SubUserOnlineStatus = data(&req, "2005").unwrap();
+        assert_eq!((sub.subscribe_user_ids, sub.unsubscribe_user_ids), (None, Some(vec!["a".to_owned()])));
+        let Inbound::Request(req) = decode(r#"{"reqIdentifier":2005,"data":{"subscribeUserIDs":"a"}}"#).unwrap() else {
+            panic!()
+        };
+        assert!(data::<SubUserOnlineStatus>(&req, "2005").is_err(), "a string is not a list");
+    }
+
+    #[test]
+    fn presence_answer_and_push_have_openims_shape() {
+        let Inbound::Request(req) = decode(r#"{"reqIdentifier":2005,"msgIncr":"3","operationID":"o"}"#).unwrap() else {
+            panic!()
+        };
+        let tips = SubUserOnlineStatusTips {
+            subscribers: vec![
+                UserOnlineStatus { user_id: "u1", online_platform_ids: vec![1, 5] },
+                UserOnlineStatus { user_id: "u2", online_platform_ids: vec![] },
+            ],
+        };
+        assert_eq!(
+            parse(&response(Some(&req), codes::OK, "", tips)),
+            json!({"reqIdentifier":2005,"msgIncr":"3","operationID":"o","errCode":0,"errMsg":"",
+                   "data":{"subscribers":[{"userID":"u1","onlinePlatformIDs":[1,5]},
+                                          {"userID":"u2","onlinePlatformIDs":[]}]}})
+        );
+        assert_eq!(
+            parse(&presence_frame("u\"1", vec![3])),
+            json!({"reqIdentifier":2005,"msgIncr":"","operationID":"","errCode":0,"errMsg":"",
+                   "data":{"subscribers":[{"userID":"u\"1","onlinePlatformIDs":[3]}]}})
+        );
     }
 }

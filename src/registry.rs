@@ -13,7 +13,7 @@ use parking_lot::RwLock;
 
 use crate::mailbox::{ConnId, SessionHandle};
 use crate::metrics::{add, Metrics};
-use crate::policy::MultiLoginPolicy;
+use crate::policy::{MultiLoginPolicy, PlatformSet};
 
 const SHARDS: usize = 64;
 
@@ -33,6 +33,8 @@ pub(crate) struct Registered {
     pub(crate) inserted: bool,
     /// Older sessions the policy removed; the caller kicks them.
     pub(crate) kicked: Vec<Arc<SessionHandle>>,
+    /// The user's online platforms right after this edit (read under the same lock).
+    pub(crate) platforms: PlatformSet,
 }
 
 /// One session of a user, as `online` reports it.
@@ -76,21 +78,24 @@ impl Registry {
             keep
         });
         list.push(session.clone());
+        let platforms = list.iter().map(|s| s.platform).collect();
         drop(shard);
         add(&self.metrics.registry_sessions, 1 - kicked.len() as i64);
         if was_empty {
             add(&self.metrics.online_users, 1);
         }
-        Registered { inserted: true, kicked }
+        Registered { inserted: true, kicked, platforms }
     }
 
     /// Removes `session` if it is still registered; never removes another connection of the
-    /// same user and platform. Returns whether it was there.
-    pub(crate) fn unregister(&self, session: &SessionHandle) -> bool {
+    /// same user and platform. Returns the user's online platforms right after the removal, or
+    /// `None` if the session was not there (nothing changed).
+    pub(crate) fn unregister(&self, session: &SessionHandle) -> Option<PlatformSet> {
         let mut shard = self.shard(&session.user).write();
-        let Some(list) = shard.get_mut(&*session.user) else { return false };
-        let Some(i) = list.iter().position(|s| s.conn == session.conn) else { return false };
+        let list = shard.get_mut(&*session.user)?;
+        let i = list.iter().position(|s| s.conn == session.conn)?;
         list.swap_remove(i);
+        let platforms: PlatformSet = list.iter().map(|s| s.platform).collect();
         let now_empty = list.is_empty();
         if now_empty {
             shard.remove(&*session.user);
@@ -100,7 +105,12 @@ impl Registry {
         if now_empty {
             add(&self.metrics.online_users, -1);
         }
-        true
+        Some(platforms)
+    }
+
+    /// The online platforms of `user`, for presence answers.
+    pub(crate) fn platforms_of(&self, user: &str) -> PlatformSet {
+        self.shard(user).read().get(user).map(|list| list.iter().map(|s| s.platform).collect()).unwrap_or_default()
     }
 
     /// Appends the sessions of `user` to `out` (clones of the handles; the lock is released on
@@ -152,8 +162,13 @@ mod tests {
         let c = handle("u", Web, 3, &mb);
         assert!(r.register(&a, SameTerminalKick).kicked.is_empty());
         assert!(r.register(&c, SameTerminalKick).kicked.is_empty());
-        let kicked = r.register(&b, SameTerminalKick).kicked;
-        assert_eq!(kicked.iter().map(|s| s.conn).collect::<Vec<_>>(), vec![1]);
+        let outcome = r.register(&b, SameTerminalKick);
+        assert_eq!(outcome.kicked.iter().map(|s| s.conn).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(outcome.platforms.ids(), vec![1, 5], "the state after the kick and the insert");
+        assert_eq!(r.platforms_of("u").ids(), vec![1, 5]);
+        assert_eq!(r.unregister(&c).map(PlatformSet::ids), Some(vec![1]));
+        assert_eq!(r.platforms_of("nobody"), PlatformSet::default());
+        r.register(&c, NotKick);
         let mut conns: Vec<_> = r.online("u").into_iter().map(|s| s.conn).collect();
         conns.sort();
         assert_eq!(conns, vec![2, 3]);
@@ -169,11 +184,11 @@ mod tests {
         let new = handle("u", Ios, 2, &mb);
         r.register(&old, SameTerminalKick);
         r.register(&new, SameTerminalKick);
-        assert!(!r.unregister(&old), "the kicked session is already gone");
+        assert!(r.unregister(&old).is_none(), "the kicked session is already gone");
         assert_eq!(r.online("u").len(), 1);
         assert_eq!(r.online("u")[0].conn, 2);
-        assert!(r.unregister(&new));
-        assert!(!r.unregister(&new), "unregister is idempotent");
+        assert_eq!(r.unregister(&new), Some(PlatformSet::default()), "u is offline after it");
+        assert!(r.unregister(&new).is_none(), "unregister is idempotent");
         assert_eq!(r.len(), 0);
         let m = r.metrics.snapshot();
         assert_eq!((m.registry_sessions, m.online_users), (0, 0));

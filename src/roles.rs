@@ -1,28 +1,37 @@
 //! The register and unregister role threads: each owns one bounded queue and drains it.
 //!
-//! A role thread blocks only in `recv` on its own queue. Whatever it does per event is
-//! non-blocking: registry edits under a lock, then `try_send`-based kicks and notices after the
-//! lock is released. It must not send into any queue with a blocking call, and in particular
-//! never into the other role's queue: kicking needs no round trip through the unregister queue,
-//! because the registry edit that removes the kicked session happens right here.
+//! A role thread blocks only in `recv` on its own queue (with a 1 ms timeout while it holds
+//! deferred presence frames). Whatever it does per event is non-blocking: registry edits under a
+//! lock, then `try_send`-based kicks, notices and presence pushes (2005) after the lock is
+//! released; a presence frame that finds a reactor's inbox full waits in the role's own
+//! [`Outbox`], never in a blocking send. It must not send into any queue with a blocking call, and
+//! in particular never into the other role's queue: kicking needs no round trip through the
+//! unregister queue, because the registry edit that removes the kicked session happens right here.
 
 use std::sync::atomic::{AtomicBool, Ordering::*};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tungstenite::Utf8Bytes;
 
 use crate::error::{Error, Result};
 use crate::mailbox::{CloseOrder, Mailbox, NotDelivered, SessionHandle};
-use crate::metrics::{inc, Metrics};
-use crate::policy::MultiLoginPolicy;
+use crate::metrics::{inc, inc_by, Metrics};
+use crate::outbox::Outbox;
+use crate::policy::{MultiLoginPolicy, PlatformSet};
+use crate::presence::Presence;
 use crate::protocol;
 use crate::registry::Registry;
 use crate::watchdog::Beacon;
 
 /// What a role thread tells the watchdog it is doing (indices into this).
-pub(crate) const ROLE_LABELS: &[&str] = &["waiting for an event", "registering", "unregistering"];
+pub(crate) const ROLE_LABELS: &[&str] =
+    &["waiting for an event", "registering", "unregistering", "retrying deferred presence frames"];
+
+/// How long a role waits for its next event while it holds deferred presence frames: it retries
+/// them this often (as a reactor does its deferred frames).
+const DEFERRED_RETRY: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Reactors waiting for room in one role's queue, and the way to wake them.
 ///
@@ -67,6 +76,7 @@ impl Waiters {
 /// What both roles need.
 pub(crate) struct RoleCtx {
     pub(crate) registry: Arc<Registry>,
+    pub(crate) presence: Arc<Presence>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) policy: MultiLoginPolicy,
     /// `Config::register_delay` (testing only).
@@ -100,40 +110,80 @@ pub(crate) fn spawn(
                 }
             }
             let _exit = Exit(beacon.clone());
-            for session in queue.iter() {
-                waiters.wake_waiting();
-                match role {
-                    Role::Register => {
-                        beacon.doing(1);
-                        if !ctx.register_delay.is_zero() {
-                            std::thread::sleep(ctx.register_delay); // a stand-in for a slow role
+            let mut state = RoleState::default();
+            loop {
+                // Blocking only while nothing is deferred; otherwise wake up to retry. Either way
+                // the loop ends when every sender is gone (shutdown).
+                let next = if state.outbox.len() == 0 {
+                    queue.recv().ok()
+                } else {
+                    match queue.recv_timeout(DEFERRED_RETRY) {
+                        Ok(session) => Some(session),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                };
+                if let Some(session) = next {
+                    waiters.wake_waiting();
+                    match role {
+                        Role::Register => {
+                            beacon.doing(1);
+                            if !ctx.register_delay.is_zero() {
+                                std::thread::sleep(ctx.register_delay); // a stand-in for a slow role
+                            }
+                            register(&ctx, &mut state, &session)
                         }
-                        register(&ctx, &session)
+                        Role::Unregister => {
+                            beacon.doing(2);
+                            unregister(&ctx, &mut state, &session)
+                        }
                     }
-                    Role::Unregister => {
-                        beacon.doing(2);
-                        unregister(&ctx, &session)
-                    }
+                } else if state.outbox.len() == 0 {
+                    break; // `recv` failed: every sender is gone
                 }
+                if state.outbox.len() > 0 {
+                    beacon.doing(3);
+                    state.retry(&ctx.metrics);
+                }
+                beacon.backlog(state.outbox.len());
                 beacon.turn();
                 beacon.doing(0);
             }
+            // Frames still deferred go to sessions of reactors that have exited: release them.
+            state.outbox.abandon();
             log::debug!("{role:?} role: every reactor is gone, exiting");
         })
         .map_err(Error::io("spawning a role thread"))
 }
 
+/// A role thread's own state: presence frames waiting for room in a reactor's inbox, and a
+/// reused list of subscribers.
+#[derive(Default)]
+pub(crate) struct RoleState {
+    outbox: Outbox,
+    subscribers: Vec<Arc<SessionHandle>>,
+}
+
+impl RoleState {
+    fn retry(&mut self, m: &Metrics) {
+        let done = self.outbox.retry();
+        inc_by(&m.presence_dropped, done.dropped);
+    }
+}
+
 /// Removes one ended session; a session already gone (kicked, never inserted) is counted stale.
-fn unregister(ctx: &RoleCtx, session: &SessionHandle) {
-    if ctx.registry.unregister(session) {
-        inc(&ctx.metrics.unregistered);
-    } else {
-        inc(&ctx.metrics.unregister_stale);
+fn unregister(ctx: &RoleCtx, state: &mut RoleState, session: &SessionHandle) {
+    match ctx.registry.unregister(session) {
+        Some(platforms) => {
+            inc(&ctx.metrics.unregistered);
+            fan_out(ctx, state, &session.user, platforms);
+        }
+        None => inc(&ctx.metrics.unregister_stale),
     }
 }
 
 /// Registers one session: insert under the policy, kick the losers, tell the session.
-pub(crate) fn register(ctx: &RoleCtx, session: &Arc<SessionHandle>) {
+pub(crate) fn register(ctx: &RoleCtx, state: &mut RoleState, session: &Arc<SessionHandle>) {
     let outcome = ctx.registry.register(session, ctx.policy);
     if !outcome.inserted {
         log::debug!("{session:?} ended before it could be registered");
@@ -153,6 +203,29 @@ pub(crate) fn register(ctx: &RoleCtx, session: &Arc<SessionHandle>) {
         }
     }
     session.notify(); // its reactor lets the held 101 out
+                      // One event for the whole edit: the kicks and the insert are one state change.
+    fan_out(ctx, state, &session.user, outcome.platforms);
+}
+
+/// Tells every session watching `user` its online platforms after a registry edit: one frame,
+/// offered to each subscriber without blocking; a full inbox defers it in the role's outbox.
+fn fan_out(ctx: &RoleCtx, state: &mut RoleState, user: &str, platforms: PlatformSet) {
+    state.subscribers.clear();
+    ctx.presence.subscribers_of(user, &mut state.subscribers);
+    if state.subscribers.is_empty() {
+        return;
+    }
+    inc(&ctx.metrics.presence_events);
+    let frame = Utf8Bytes::from(protocol::presence_frame(user, platforms.ids()));
+    for subscriber in state.subscribers.drain(..) {
+        match state.outbox.push(&subscriber, &frame, None) {
+            Ok(_) => inc(&ctx.metrics.presence_pushes),
+            Err(why) => {
+                inc(&ctx.metrics.presence_dropped);
+                log::debug!("{subscriber:?}: presence frame for {user} not queued ({why:?})");
+            }
+        }
+    }
 }
 
 /// Hands `old` its 2002 frame and a close order. Never lost: if the frame cannot be queued the
@@ -179,6 +252,7 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         RoleCtx {
             registry: Arc::new(Registry::new(metrics.clone())),
+            presence: Arc::new(Presence::new(metrics.clone())),
             metrics,
             policy: MultiLoginPolicy::SameTerminalKick,
             register_delay: std::time::Duration::ZERO,
@@ -191,8 +265,9 @@ mod tests {
         let ctx = ctx();
         let old = handle("u", Platform::Ios, 1, &mb);
         let new = handle("u", Platform::Ios, 2, &mb);
-        register(&ctx, &old);
-        register(&ctx, &new);
+        let mut state = RoleState::default();
+        register(&ctx, &mut state, &old);
+        register(&ctx, &mut state, &new);
         assert!(new.is_registered());
         assert_eq!(old.close_order(), Some(CloseOrder::Kicked));
         let deliveries: Vec<_> = rx.try_iter().collect();
@@ -229,12 +304,119 @@ mod tests {
         let (mb, rx, _poll) = mailbox(1, 1 << 20);
         let ctx = ctx();
         let old = handle("u", Platform::Ios, 1, &mb);
-        register(&ctx, &old); // its notice fills the inbox
+        let mut state = RoleState::default();
+        register(&ctx, &mut state, &old); // its notice fills the inbox
         let new = handle("u", Platform::Ios, 2, &mb);
-        register(&ctx, &new);
+        register(&ctx, &mut state, &new);
         assert_eq!(rx.len(), 1);
         assert_eq!(old.close_order(), Some(CloseOrder::Kicked), "the close says why, even without the frame");
         assert!(mb.take_sweep(), "the reactor is told to sweep instead");
         assert_eq!(ctx.metrics.snapshot().kick_frames_dropped, 1);
+    }
+
+    fn presence_frames(rx: &Receiver<Delivery>) -> Vec<serde_json::Value> {
+        rx.try_iter()
+            .filter_map(|d| match d {
+                Delivery::Frame { frame, .. } => serde_json::from_str(&frame).ok(),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn platforms(frame: &serde_json::Value) -> (String, Vec<u64>) {
+        let elem = &frame["data"]["subscribers"][0];
+        let ids = elem["onlinePlatformIDs"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        (elem["userID"].as_str().unwrap().to_owned(), ids)
+    }
+
+    #[test]
+    fn every_edit_of_a_watched_user_is_pushed_as_its_state_and_stale_removals_are_not() {
+        let (watched_mb, _watched_rx, _p1) = mailbox(64, 1 << 20);
+        let (sub_mb, sub_rx, _p2) = mailbox(64, 1 << 20);
+        let ctx = ctx();
+        let mut state = RoleState::default();
+        let subscriber = handle("s", Platform::Web, 100, &sub_mb);
+        ctx.presence.subscribe(&"u".into(), &subscriber);
+        let ios = handle("u", Platform::Ios, 1, &watched_mb);
+        let web = handle("u", Platform::Web, 2, &watched_mb);
+        let ios2 = handle("u", Platform::Ios, 3, &watched_mb);
+        register(&ctx, &mut state, &ios);
+        register(&ctx, &mut state, &web);
+        register(&ctx, &mut state, &ios2); // kicks `ios`: one edit, one event
+        unregister(&ctx, &mut state, &ios); // stale: already kicked, nothing changed
+        unregister(&ctx, &mut state, &web);
+        unregister(&ctx, &mut state, &ios2);
+        register(&ctx, &mut state, &handle("other", Platform::Ios, 4, &watched_mb)); // nobody watches
+        let states: Vec<_> = presence_frames(&sub_rx).iter().map(platforms).collect();
+        let u = |ids: &[u64]| ("u".to_owned(), ids.to_vec());
+        assert_eq!(states, [u(&[1]), u(&[1, 5]), u(&[1, 5]), u(&[1]), u(&[])]);
+        let m = ctx.metrics.snapshot();
+        assert_eq!((m.presence_events, m.presence_pushes, m.presence_dropped), (5, 5, 0));
+    }
+
+    #[test]
+    fn presence_frame_to_a_full_inbox_is_deferred_then_delivered_not_lost() {
+        let (watched_mb, _watched_rx, _p1) = mailbox(64, 1 << 20);
+        let (sub_mb, sub_rx, _p2) = mailbox(1, 1 << 20);
+        let ctx = ctx();
+        let mut state = RoleState::default();
+        let subscriber = handle("s", Platform::Web, 100, &sub_mb);
+        ctx.presence.subscribe(&"u".into(), &subscriber);
+        subscriber.offer(&Utf8Bytes::from("a message")).unwrap(); // the inbox (capacity 1) is full
+        register(&ctx, &mut state, &handle("u", Platform::Ios, 1, &watched_mb));
+        assert_eq!(state.outbox.len(), 1, "deferred, not dropped");
+        state.retry(&ctx.metrics);
+        assert_eq!(state.outbox.len(), 1, "still full: kept");
+        assert!(matches!(sub_rx.try_recv(), Ok(Delivery::Frame { .. })), "the reactor takes the message");
+        state.retry(&ctx.metrics);
+        assert_eq!(state.outbox.len(), 0);
+        assert_eq!(presence_frames(&sub_rx).iter().map(platforms).collect::<Vec<_>>(), [("u".to_owned(), vec![1])]);
+        let m = ctx.metrics.snapshot();
+        assert_eq!((m.presence_pushes, m.presence_dropped), (1, 0));
+    }
+
+    #[test]
+    fn the_role_thread_retries_deferred_frames_without_new_events_and_exits_with_its_senders() {
+        let (watched_mb, _watched_rx, _p1) = mailbox(64, 1 << 20);
+        let (sub_mb, sub_rx, _p2) = mailbox(1, 1 << 20);
+        let ctx = Arc::new(ctx());
+        let subscriber = handle("s", Platform::Web, 100, &sub_mb);
+        ctx.presence.subscribe(&"u".into(), &subscriber);
+        subscriber.offer(&Utf8Bytes::from("a message")).unwrap(); // the inbox (capacity 1) is full
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let beacon = Arc::new(Beacon::new(ROLE_LABELS));
+        let waiters = Arc::new(Waiters::new(vec![watched_mb.clone(), sub_mb.clone()]));
+        let thread = spawn(Role::Register, ctx.clone(), rx, waiters, beacon.clone(), "test-register".into()).unwrap();
+        tx.try_send(handle("u", Platform::Ios, 1, &watched_mb)).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while ctx.metrics.snapshot().presence_pushes == 0 {
+            assert!(std::time::Instant::now() < deadline, "the event was not handled");
+            std::thread::yield_now();
+        }
+        // The frame waits in the role's outbox; no further event comes. Make room once.
+        assert!(matches!(sub_rx.recv_timeout(std::time::Duration::from_secs(5)), Ok(Delivery::Frame { .. })));
+        let frame = sub_rx.recv_timeout(std::time::Duration::from_secs(5)).expect("the deferred frame, retried");
+        assert!(matches!(frame, Delivery::Frame { .. }));
+        drop(tx);
+        thread.join().unwrap();
+        assert!(beacon.progress() > 1, "the role turned while retrying");
+    }
+
+    #[test]
+    fn a_subscriber_over_its_budget_is_closed_as_a_slow_consumer_as_for_messages() {
+        let (watched_mb, _watched_rx, _p1) = mailbox(64, 1 << 20);
+        let (sub_mb, sub_rx, _p2) = mailbox(64, 200); // room for one presence frame, not two
+        let ctx = ctx();
+        let mut state = RoleState::default();
+        let subscriber = handle("s", Platform::Web, 100, &sub_mb);
+        ctx.presence.subscribe(&"u".into(), &subscriber);
+        for conn in 1..=3 {
+            register(&ctx, &mut state, &handle("u", Platform::Ios, conn, &watched_mb));
+        }
+        assert_eq!(subscriber.close_order(), Some(CloseOrder::SlowConsumer));
+        assert_eq!(presence_frames(&sub_rx).len(), 1, "the first frame, then nothing");
+        let m = ctx.metrics.snapshot();
+        assert_eq!((m.presence_events, m.presence_pushes, m.presence_dropped), (3, 1, 2));
+        assert_eq!(state.outbox.len(), 0);
     }
 }

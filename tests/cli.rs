@@ -114,6 +114,12 @@ fn invalid_config_names_the_field_and_exits_2() {
             &mut msggate(&["serve", "--listen", "127.0.0.1:0", "--register-queue", "0"]),
             "register_queue",
         );
+        // The presence cap, by flag, environment and file.
+        let listen = ["serve", "--listen", "127.0.0.1:0"];
+        expect_config_error(msggate(&listen).args(["--max-subscriptions", "0"]), "max_subscriptions");
+        expect_config_error(msggate(&listen).env("MSGGATE_MAX_SUBSCRIPTIONS", "0"), "max_subscriptions");
+        let zero = TempToml::new("max_subscriptions = 0\n");
+        expect_config_error(msggate(&listen).args(["--config", zero.path()]), "max_subscriptions");
         // A value clap cannot parse is a usage error, also exit 2.
         expect_config_error(
             &mut msggate(&["serve", "--listen", "127.0.0.1:0", "--handshake-timeout", "soon"]),

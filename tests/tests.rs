@@ -11,6 +11,7 @@ mod handshake;
 mod lifecycle;
 mod limits;
 mod model;
+mod presence;
 mod relay;
 mod seed;
 mod stall;

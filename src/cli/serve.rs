@@ -105,6 +105,10 @@ pub struct Args {
     #[arg(long, value_name = "DUR", env = "MSGGATE_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
     shutdown_timeout: Option<Duration>,
 
+    /// Most users one session may watch with 2005 presence subscriptions; a request past it gets errCode 1001.
+    #[arg(long, value_name = "N", env = "MSGGATE_MAX_SUBSCRIPTIONS")]
+    max_subscriptions: Option<usize>,
+
     /// A role thread or reactor with queued work and no progress for this long is reported once, at error level, with a dump of every thread.
     #[arg(long, value_name = "DUR", env = "MSGGATE_STALL_AFTER", value_parser = humantime::parse_duration)]
     stall_after: Option<Duration>,
@@ -118,7 +122,7 @@ pub struct Args {
 /// number is restated here. Panics (in the unit test first) if an id names no flag.
 pub fn document_defaults(cmd: clap::Command) -> clap::Command {
     let d = Config::default();
-    let defaults: [(&str, String); 20] = [
+    let defaults: [(&str, String); 21] = [
         ("config", "none".into()),
         ("listen", d.listen.to_string()),
         ("secret", "none, i.e. the public development secret, loopback only".into()),
@@ -137,6 +141,7 @@ pub fn document_defaults(cmd: clap::Command) -> clap::Command {
         ("outbound_budget", d.outbound_budget.to_string()),
         ("read_buffer_size", d.read_buffer_size.to_string()),
         ("shutdown_timeout", dur(d.shutdown_timeout)),
+        ("max_subscriptions", d.max_subscriptions.to_string()),
         ("stall_after", dur(d.stall_after)),
         ("log_level", LogLevel::DEFAULT.name().into()),
     ];
@@ -215,6 +220,7 @@ struct FileConfig {
     read_buffer_size: Option<usize>,
     #[serde(default, deserialize_with = "de_duration")]
     shutdown_timeout: Option<Duration>,
+    max_subscriptions: Option<usize>,
     #[serde(default, deserialize_with = "de_duration")]
     stall_after: Option<Duration>,
     log_level: Option<LogLevel>,
@@ -284,6 +290,7 @@ impl Args {
             outbound_budget: layer(self.outbound_budget, file.outbound_budget, d.outbound_budget),
             read_buffer_size: layer(self.read_buffer_size, file.read_buffer_size, d.read_buffer_size),
             shutdown_timeout: layer(self.shutdown_timeout, file.shutdown_timeout, d.shutdown_timeout),
+            max_subscriptions: layer(self.max_subscriptions, file.max_subscriptions, d.max_subscriptions),
             stall_after: layer(self.stall_after, file.stall_after, d.stall_after),
             // Library only: `serve` runs no handler, and always requires tokens.
             workers: d.workers,

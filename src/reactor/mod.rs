@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::mailbox::{Delivery, Mailbox, SessionHandle};
 use crate::metrics::{add, inc, Metrics};
+use crate::presence::Presence;
 use crate::registry::Registry;
 use crate::roles::Waiters;
 use crate::throttle::log_throttled;
@@ -79,6 +80,7 @@ pub(crate) struct Shared {
     pub(crate) key: TokenKey,
     pub(crate) ws_config: WebSocketConfig,
     pub(crate) registry: Arc<Registry>,
+    pub(crate) presence: Arc<Presence>,
     pub(crate) metrics: Arc<Metrics>,
     /// Set first: the acceptor stops.
     pub(crate) shutdown: AtomicBool,
@@ -259,6 +261,8 @@ impl Reactor {
             shared.registry.clone(),
             shared.metrics.clone(),
             format!("{}-{}", shared.boot_id, mailbox.id),
+            shared.presence.clone(),
+            shared.config.max_subscriptions,
             queues.pool.as_ref().map(|p| p.handler.clone()),
         );
         Reactor {
@@ -527,6 +531,7 @@ impl Reactor {
                 self.ctx.event(Job::Disconnect(session.clone()));
             }
             add(&metrics.sessions, -1);
+            self.ctx.dispatcher.session_ended(&session);
             self.ctx.unregister(session);
         }
     }
