@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tungstenite::Utf8Bytes;
 
 use crate::handler::{self, Claim, Handler, Msg};
-use crate::mailbox::{ConnId, NotDelivered, Offer, SessionHandle};
+use crate::mailbox::{ConnId, NotDelivered, Offer, Outgoing, PresenceFrame, SessionHandle};
 use crate::metrics::{inc, inc_by, Metrics};
 use crate::outbox::Outbox;
 use crate::presence::Presence;
@@ -50,9 +50,10 @@ pub(crate) struct Dispatcher {
     presence: Arc<Presence>,
     /// `Config::max_subscriptions`.
     max_subscriptions: usize,
-    /// Users each of this reactor's sessions watches (2005), sorted; only sessions that watch
-    /// someone have an entry. Only this reactor touches it: no lock.
-    watching: HashMap<ConnId, Vec<Arc<str>>>,
+    /// Users each of this reactor's sessions watches (2005), sorted, each with the registry
+    /// version of the newest state the session was told; only sessions that watch someone have
+    /// an entry. Only this reactor touches it: no lock.
+    watching: HashMap<ConnId, Vec<(Arc<str>, u64)>>,
 }
 
 impl Dispatcher {
@@ -81,15 +82,32 @@ impl Dispatcher {
 
     /// The session has ended (reactor, before its unregister): its subscriptions end with it.
     pub(crate) fn session_ended(&mut self, session: &SessionHandle) {
-        if let Some(users) = self.watching.remove(&session.conn) {
+        if let Some(watched) = self.watching.remove(&session.conn) {
+            let users: Vec<Arc<str>> = watched.into_iter().map(|(u, _)| u).collect();
             self.presence.unsubscribe_all(session, &users);
         }
+    }
+
+    /// Whether a presence push should reach session `conn`: it still watches the user and the
+    /// push describes a newer registry state than anything it was told. Pushes from the two role
+    /// threads can arrive out of order; the older one is dropped here (`presence_stale`), so a
+    /// subscriber always ends on the user's latest state.
+    pub(crate) fn presence_is_news(&mut self, conn: ConnId, item: &PresenceFrame) -> bool {
+        let newer = self.watching.get_mut(&conn).and_then(|watched| {
+            let i = watched.binary_search_by(|(w, _)| (**w).cmp(&*item.user)).ok()?;
+            let seen = &mut watched[i].1;
+            (item.version > *seen).then(|| *seen = item.version)
+        });
+        if newer.is_none() {
+            inc(&self.metrics.presence_stale);
+        }
+        newer.is_some()
     }
 
     /// Offers `frame` to `target` through the outbox and counts the outcome. `here` is this
     /// reactor's id. Returns whether it counts as delivered.
     fn push(&mut self, target: &Arc<SessionHandle>, frame: &Utf8Bytes, here: usize) -> bool {
-        match self.outbox.push(target, frame, Some(here)) {
+        match self.outbox.push(target, &Outgoing::Frame(frame.clone()), Some(here)) {
             Ok(Offer::Queued) => {
                 inc(&self.metrics.pushes_queued);
                 true
@@ -212,7 +230,7 @@ impl Dispatcher {
         let dropped: HashSet<&str> = unsubscribe.iter().map(String::as_str).filter(|u| !seen.contains(u)).collect();
 
         let watching = self.watching.remove(&me.conn).unwrap_or_default();
-        let find = |list: &[Arc<str>], user: &str| list.binary_search_by(|w| (**w).cmp(user));
+        let find = |list: &[(Arc<str>, u64)], user: &str| list.binary_search_by(|(w, _)| (**w).cmp(user));
         let removed = dropped.iter().filter(|u| find(&watching, u).is_ok()).count();
         let added = wanted.iter().filter(|u| find(&watching, u).is_err()).count();
         let total = watching.len() - removed + added;
@@ -235,22 +253,27 @@ impl Dispatcher {
             if let Err(i) = find(&watching, user) {
                 let user: Arc<str> = user.into();
                 self.presence.subscribe(&user, me);
-                watching.insert(i, user);
+                watching.insert(i, (user, 0));
             }
         }
-        self.keep_watching(me, watching);
-        // Read after subscribing: a change the answer misses is pushed (see docs/PROTOCOL.md).
+        // Read after subscribing, so no change is missed: one made before the read is in the
+        // answer, and its push (if any) is older than the version noted here and is dropped;
+        // one made after it is pushed and newer.
         let subscribers = wanted
             .iter()
-            .map(|&user| UserOnlineStatus {
-                user_id: user,
-                online_platform_ids: self.registry.platforms_of(user).ids(),
+            .map(|&user| {
+                let (platforms, version) = self.registry.platforms_of(user);
+                if let Ok(i) = find(&watching, user) {
+                    watching[i].1 = version;
+                }
+                UserOnlineStatus { user_id: user, online_platform_ids: platforms.ids() }
             })
             .collect();
+        self.keep_watching(me, watching);
         Action::Reply(protocol::response(Some(req), codes::OK, "", SubUserOnlineStatusTips { subscribers }))
     }
 
-    fn keep_watching(&mut self, me: &SessionHandle, watching: Vec<Arc<str>>) {
+    fn keep_watching(&mut self, me: &SessionHandle, watching: Vec<(Arc<str>, u64)>) {
         if !watching.is_empty() {
             self.watching.insert(me.conn, watching);
         }
@@ -377,7 +400,10 @@ mod tests {
             .try_iter()
             .filter_map(|d| match d {
                 Delivery::Frame { conn, .. } => Some(conn),
-                Delivery::Notice { .. } | Delivery::Last { .. } | Delivery::Reply { .. } => None,
+                Delivery::Notice { .. }
+                | Delivery::Last { .. }
+                | Delivery::Reply { .. }
+                | Delivery::Presence { .. } => None,
             })
             .collect();
         conns.sort();
@@ -444,7 +470,7 @@ mod tests {
     }
 
     fn watched(d: &Dispatcher, me: &SessionHandle) -> Vec<String> {
-        d.watching.get(&me.conn).map_or_else(Vec::new, |w| w.iter().map(|u| u.to_string()).collect())
+        d.watching.get(&me.conn).map_or_else(Vec::new, |w| w.iter().map(|(u, _)| u.to_string()).collect())
     }
 
     #[test]
@@ -501,5 +527,29 @@ mod tests {
         assert_eq!(watched(&d, &me), ["b", "c", "d"]);
         assert_eq!(metrics.snapshot().presence_subscriptions, 3);
         assert_eq!(metrics.snapshot().request_errors, 2);
+    }
+
+    #[test]
+    fn a_presence_push_older_than_what_the_subscriber_was_told_is_dropped() {
+        let (mb, _rx, _poll) = mailbox(64, 1 << 20);
+        let metrics = Arc::new(Metrics::default());
+        let registry = Arc::new(Registry::new(metrics.clone()));
+        let mut d = dispatcher(registry.clone(), metrics.clone(), 1000);
+        let me = handle("s", Platform::Web, 1, &mb);
+        let watched = handle("u", Platform::Ios, 2, &mb);
+        let before = registry.register(&watched, MultiLoginPolicy::SameTerminalKick).version;
+        let item = |version: u64| PresenceFrame { user: "u".into(), version, frame: "{}".into() };
+        let r = reply(d.on_text(&me, r#"{"reqIdentifier":2005,"data":{"subscribeUserIDs":["u"]}}"#));
+        assert_eq!(r["data"]["subscribers"][0]["onlinePlatformIDs"], serde_json::json!([1]));
+        assert!(!d.presence_is_news(me.conn, &item(before)), "the answer already told this state");
+        let (_, offline) = registry.unregister(&watched).unwrap();
+        // The unregister role's push (newer) overtakes a late push of an older state.
+        assert!(d.presence_is_news(me.conn, &item(offline)));
+        assert!(!d.presence_is_news(me.conn, &item(before)), "older than the last delivered: stale");
+        assert!(!d.presence_is_news(me.conn, &item(offline)), "a repeat is not news either");
+        // After unsubscribing, nothing for that user is news, however new.
+        reply(d.on_text(&me, r#"{"reqIdentifier":2005,"data":{"unsubscribeUserIDs":["u"]}}"#));
+        assert!(!d.presence_is_news(me.conn, &item(offline + 10)));
+        assert_eq!(metrics.snapshot().presence_stale, 4);
     }
 }

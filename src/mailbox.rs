@@ -27,6 +27,48 @@ pub(crate) enum Delivery {
     Last { token: usize, conn: ConnId, frame: Utf8Bytes },
     /// A worker's answer to a frame or request it was handed (see [`crate::handler`]).
     Reply { token: usize, conn: ConnId, out: Out },
+    /// A 2005 presence push, tagged so the subscriber's reactor can drop it when stale.
+    Presence { token: usize, conn: ConnId, item: Arc<PresenceFrame> },
+}
+
+/// A 2005 push for every subscriber of `user`, built once: the frame, and the registry version
+/// of the edit it describes. Versions of one user's edits increase in the order the edits were
+/// made (they are taken under the user's registry lock), so a subscriber's reactor keeps only a
+/// frame newer than the last one it delivered (or the subscription answer it wrote).
+#[derive(Debug)]
+pub(crate) struct PresenceFrame {
+    pub(crate) user: Arc<str>,
+    pub(crate) version: u64,
+    pub(crate) frame: Utf8Bytes,
+}
+
+/// What a pushing thread offers a session: a plain frame, or a tagged presence frame.
+#[derive(Debug, Clone)]
+pub(crate) enum Outgoing {
+    Frame(Utf8Bytes),
+    Presence(Arc<PresenceFrame>),
+}
+
+impl Outgoing {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Outgoing::Frame(f) => f.len(),
+            Outgoing::Presence(p) => p.frame.len(),
+        }
+    }
+}
+
+impl From<Utf8Bytes> for Outgoing {
+    fn from(frame: Utf8Bytes) -> Outgoing {
+        Outgoing::Frame(frame)
+    }
+}
+
+#[cfg(test)]
+impl From<&str> for Outgoing {
+    fn from(frame: &str) -> Outgoing {
+        Outgoing::Frame(frame.into())
+    }
 }
 
 /// What a worker sends back to a session.
@@ -223,24 +265,24 @@ impl SessionHandle {
         }
     }
 
-    /// Queues `frame` for this session without blocking, for reactors and role threads.
+    /// Queues `item` for this session without blocking, for reactors and role threads.
     ///
-    /// `Offer::Deferred` means the reactor inbox was full: the frame is charged to the
+    /// `Offer::Deferred` means the reactor inbox was full: the item is charged to the
     /// session's budget and the caller keeps it, in order, and retries with [`Self::resume`].
     /// Over budget, the session is ordered closed as a slow consumer and `SlowConsumer` returned.
-    pub(crate) fn offer(&self, frame: &Utf8Bytes) -> Result<Offer, NotDelivered> {
-        self.offer_waking(frame, true)
+    pub(crate) fn offer(&self, item: &Outgoing) -> Result<Offer, NotDelivered> {
+        self.offer_waking(item, true)
     }
 
     /// [`Self::offer`] from the session's own reactor: no wake-up, since that reactor checks
     /// its inbox before it next sleeps (saves an eventfd write and a spurious `poll` return).
-    pub(crate) fn offer_local(&self, frame: &Utf8Bytes) -> Result<Offer, NotDelivered> {
-        self.offer_waking(frame, false)
+    pub(crate) fn offer_local(&self, item: &Outgoing) -> Result<Offer, NotDelivered> {
+        self.offer_waking(item, false)
     }
 
-    fn offer_waking(&self, frame: &Utf8Bytes, wake: bool) -> Result<Offer, NotDelivered> {
-        self.charge(frame.len())?;
-        let offer = self.enqueue(frame, frame.len(), wake);
+    fn offer_waking(&self, item: &Outgoing, wake: bool) -> Result<Offer, NotDelivered> {
+        self.charge(item.len())?;
+        let offer = self.enqueue(item, wake);
         if let Ok(Offer::Deferred) = offer {
             self.mailbox.found_full();
         }
@@ -252,7 +294,7 @@ impl SessionHandle {
     /// and nothing is kept or charged.
     pub(crate) fn offer_now(&self, frame: &Utf8Bytes) -> Result<(), NotDelivered> {
         self.charge(frame.len())?;
-        match self.enqueue(frame, frame.len(), true)? {
+        match self.enqueue(&Outgoing::Frame(frame.clone()), true)? {
             Offer::Queued => Ok(()),
             Offer::Deferred => {
                 self.queued.fetch_sub(frame.len(), AcqRel);
@@ -301,12 +343,12 @@ impl SessionHandle {
 
     /// Retries a deferred frame. `Ok(Offer::Deferred)`: still full, keep it. An error: the
     /// session is closing; the frame is dropped and its charge released.
-    pub(crate) fn resume(&self, frame: &Utf8Bytes) -> Result<Offer, NotDelivered> {
+    pub(crate) fn resume(&self, item: &Outgoing) -> Result<Offer, NotDelivered> {
         if self.order.load(Acquire) != 0 || self.flags.load(Acquire) & ENDED != 0 {
-            self.queued.fetch_sub(frame.len(), AcqRel);
+            self.queued.fetch_sub(item.len(), AcqRel);
             return Err(NotDelivered::Closing);
         }
-        self.enqueue(frame, frame.len(), true)
+        self.enqueue(item, true)
     }
 
     /// Orders the session closed for `order` and queues `frame` to be written just before the
@@ -362,8 +404,12 @@ impl SessionHandle {
 
     /// The one `try_send` of a frame (already charged to the budget). Full: the charge stays
     /// and the caller decides (defer, or give up and release it).
-    fn enqueue(&self, frame: &Utf8Bytes, len: usize, wake: bool) -> Result<Offer, NotDelivered> {
-        let delivery = Delivery::Frame { token: self.token, conn: self.conn, frame: frame.clone() };
+    fn enqueue(&self, item: &Outgoing, wake: bool) -> Result<Offer, NotDelivered> {
+        let (token, conn, len) = (self.token, self.conn, item.len());
+        let delivery = match item {
+            Outgoing::Frame(frame) => Delivery::Frame { token, conn, frame: frame.clone() },
+            Outgoing::Presence(item) => Delivery::Presence { token, conn, item: item.clone() },
+        };
         match self.mailbox.inbox.try_send(delivery) {
             Ok(()) => {
                 if wake {
@@ -471,7 +517,7 @@ pub(crate) mod tests {
     fn push_within_budget_queues_and_wakes_once() {
         let (mb, rx, _poll) = mailbox(8, 100);
         let h = handle("u", Platform::Ios, 1, &mb);
-        let frame = Utf8Bytes::from("0123456789");
+        let frame = Outgoing::from(Utf8Bytes::from("0123456789"));
         h.offer(&frame).unwrap();
         h.offer(&frame).unwrap();
         assert_eq!(rx.len(), 2);
@@ -485,7 +531,7 @@ pub(crate) mod tests {
     fn over_budget_orders_a_slow_consumer_close_and_refuses_later_pushes() {
         let (mb, rx, _poll) = mailbox(8, 25);
         let h = handle("u", Platform::Ios, 1, &mb);
-        let frame = Utf8Bytes::from("0123456789");
+        let frame = Outgoing::from(Utf8Bytes::from("0123456789"));
         h.offer(&frame).unwrap();
         h.offer(&frame).unwrap();
         assert_eq!(h.offer(&frame), Err(NotDelivered::SlowConsumer));
@@ -498,7 +544,7 @@ pub(crate) mod tests {
     fn offer_defers_on_a_full_inbox_keeping_the_charge_until_resumed() {
         let (mb, rx, _poll) = mailbox(1, 1000);
         let h = handle("u", Platform::Ios, 1, &mb);
-        let frame = Utf8Bytes::from("abc");
+        let frame = Outgoing::from(Utf8Bytes::from("abc"));
         assert_eq!(h.offer(&frame), Ok(Offer::Queued));
         assert_eq!(h.offer(&frame), Ok(Offer::Deferred));
         assert_eq!(h.close_order(), None, "a full inbox is a throttle, not a failure");
@@ -552,7 +598,7 @@ pub(crate) mod tests {
     fn push_last_on_a_full_inbox_keeps_the_order_and_falls_back_to_a_sweep() {
         let (mb, rx, _poll) = mailbox(1, 1000);
         let h = handle("u", Platform::Ios, 1, &mb);
-        h.offer(&Utf8Bytes::from("fill")).unwrap();
+        h.offer(&Utf8Bytes::from("fill").into()).unwrap();
         assert_eq!(h.push_last(&Utf8Bytes::from("kick"), CloseOrder::Kicked), Err(NotDelivered::Busy));
         assert_eq!(h.close_order(), Some(CloseOrder::Kicked));
         assert!(!h.last_pending());

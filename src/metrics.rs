@@ -99,6 +99,10 @@ metrics! {
         /// 2005 presence frames not delivered: the subscriber was closing, or over its outbound
         /// budget (then closed as a slow consumer, as for messages).
         presence_dropped,
+        /// Presence pushes dropped by the subscriber's reactor as stale: an older state that
+        /// arrived after a newer one (pushes come from two role threads), or for a user the
+        /// session no longer watches.
+        presence_stale,
         /// Error responses sent for bad requests (malformed, unknown identifier, wrong sendID).
         request_errors,
         /// Sessions closed as slow consumers (1008).

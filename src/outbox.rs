@@ -9,14 +9,12 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use tungstenite::Utf8Bytes;
-
-use crate::mailbox::{NotDelivered, Offer, SessionHandle};
+use crate::mailbox::{NotDelivered, Offer, Outgoing, SessionHandle};
 
 /// One thread's deferred frames, one FIFO per target reactor.
 #[derive(Default)]
 pub(crate) struct Outbox {
-    lanes: Vec<VecDeque<(Arc<SessionHandle>, Utf8Bytes)>>,
+    lanes: Vec<VecDeque<(Arc<SessionHandle>, Outgoing)>>,
     len: usize,
 }
 
@@ -37,7 +35,7 @@ impl Outbox {
     pub(crate) fn push(
         &mut self,
         target: &Arc<SessionHandle>,
-        frame: &Utf8Bytes,
+        frame: &Outgoing,
         here: Option<usize>,
     ) -> Result<Offer, NotDelivered> {
         let lane = target.reactor();

@@ -7,6 +7,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -24,6 +25,9 @@ pub(crate) struct Registry {
     shards: Box<[RwLock<Shard>]>,
     hasher: RandomState,
     metrics: Arc<Metrics>,
+    /// Bumped by every edit, under the edited user's shard lock: one user's edits get
+    /// increasing versions in the order they were made (presence pushes are ordered by it).
+    version: AtomicU64,
 }
 
 /// The result of a registration.
@@ -35,6 +39,8 @@ pub(crate) struct Registered {
     pub(crate) kicked: Vec<Arc<SessionHandle>>,
     /// The user's online platforms right after this edit (read under the same lock).
     pub(crate) platforms: PlatformSet,
+    /// The edit's version (see [`Registry::platforms_of`]).
+    pub(crate) version: u64,
 }
 
 /// One session of a user, as `online` reports it.
@@ -50,7 +56,12 @@ pub struct OnlineSession {
 
 impl Registry {
     pub(crate) fn new(metrics: Arc<Metrics>) -> Registry {
-        Registry { shards: (0..SHARDS).map(|_| RwLock::default()).collect(), hasher: RandomState::new(), metrics }
+        Registry {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            hasher: RandomState::new(),
+            metrics,
+            version: AtomicU64::new(0),
+        }
     }
 
     fn shard(&self, user: &str) -> &RwLock<Shard> {
@@ -79,23 +90,25 @@ impl Registry {
         });
         list.push(session.clone());
         let platforms = list.iter().map(|s| s.platform).collect();
+        let version = self.next_version();
         drop(shard);
         add(&self.metrics.registry_sessions, 1 - kicked.len() as i64);
         if was_empty {
             add(&self.metrics.online_users, 1);
         }
-        Registered { inserted: true, kicked, platforms }
+        Registered { inserted: true, kicked, platforms, version }
     }
 
     /// Removes `session` if it is still registered; never removes another connection of the
-    /// same user and platform. Returns the user's online platforms right after the removal, or
-    /// `None` if the session was not there (nothing changed).
-    pub(crate) fn unregister(&self, session: &SessionHandle) -> Option<PlatformSet> {
+    /// same user and platform. Returns the user's online platforms right after the removal and
+    /// the edit's version, or `None` if the session was not there (nothing changed).
+    pub(crate) fn unregister(&self, session: &SessionHandle) -> Option<(PlatformSet, u64)> {
         let mut shard = self.shard(&session.user).write();
         let list = shard.get_mut(&*session.user)?;
         let i = list.iter().position(|s| s.conn == session.conn)?;
         list.swap_remove(i);
         let platforms: PlatformSet = list.iter().map(|s| s.platform).collect();
+        let version = self.next_version();
         let now_empty = list.is_empty();
         if now_empty {
             shard.remove(&*session.user);
@@ -105,12 +118,21 @@ impl Registry {
         if now_empty {
             add(&self.metrics.online_users, -1);
         }
-        Some(platforms)
+        Some((platforms, version))
     }
 
-    /// The online platforms of `user`, for presence answers.
-    pub(crate) fn platforms_of(&self, user: &str) -> PlatformSet {
-        self.shard(user).read().get(user).map(|list| list.iter().map(|s| s.platform).collect()).unwrap_or_default()
+    /// Called under a shard's write lock.
+    fn next_version(&self) -> u64 {
+        self.version.fetch_add(1, Relaxed) + 1
+    }
+
+    /// The online platforms of `user`, for presence answers, and a version that every earlier
+    /// edit of `user` is at or below and every later one above: read under the user's shard
+    /// lock, which every edit of `user` holds while it takes its version.
+    pub(crate) fn platforms_of(&self, user: &str) -> (PlatformSet, u64) {
+        let shard = self.shard(user).read();
+        let platforms = shard.get(user).map(|list| list.iter().map(|s| s.platform).collect()).unwrap_or_default();
+        (platforms, self.version.load(Relaxed))
     }
 
     /// Appends the sessions of `user` to `out` (clones of the handles; the lock is released on
@@ -165,9 +187,9 @@ mod tests {
         let outcome = r.register(&b, SameTerminalKick);
         assert_eq!(outcome.kicked.iter().map(|s| s.conn).collect::<Vec<_>>(), vec![1]);
         assert_eq!(outcome.platforms.ids(), vec![1, 5], "the state after the kick and the insert");
-        assert_eq!(r.platforms_of("u").ids(), vec![1, 5]);
-        assert_eq!(r.unregister(&c).map(PlatformSet::ids), Some(vec![1]));
-        assert_eq!(r.platforms_of("nobody"), PlatformSet::default());
+        assert_eq!(r.platforms_of("u").0.ids(), vec![1, 5]);
+        assert_eq!(r.unregister(&c).map(|(p, _)| p.ids()), Some(vec![1]));
+        assert_eq!(r.platforms_of("nobody").0, PlatformSet::default());
         r.register(&c, NotKick);
         let mut conns: Vec<_> = r.online("u").into_iter().map(|s| s.conn).collect();
         conns.sort();
@@ -187,7 +209,7 @@ mod tests {
         assert!(r.unregister(&old).is_none(), "the kicked session is already gone");
         assert_eq!(r.online("u").len(), 1);
         assert_eq!(r.online("u")[0].conn, 2);
-        assert_eq!(r.unregister(&new), Some(PlatformSet::default()), "u is offline after it");
+        assert_eq!(r.unregister(&new).map(|(p, _)| p), Some(PlatformSet::default()), "u is offline after it");
         assert!(r.unregister(&new).is_none(), "unregister is idempotent");
         assert_eq!(r.len(), 0);
         let m = r.metrics.snapshot();

@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tungstenite::Utf8Bytes;
 
 use crate::error::{Error, Result};
-use crate::mailbox::{CloseOrder, Mailbox, NotDelivered, SessionHandle};
+use crate::mailbox::{CloseOrder, Mailbox, NotDelivered, Outgoing, PresenceFrame, SessionHandle};
 use crate::metrics::{inc, inc_by, Metrics};
 use crate::outbox::Outbox;
 use crate::policy::{MultiLoginPolicy, PlatformSet};
@@ -174,9 +174,9 @@ impl RoleState {
 /// Removes one ended session; a session already gone (kicked, never inserted) is counted stale.
 fn unregister(ctx: &RoleCtx, state: &mut RoleState, session: &SessionHandle) {
     match ctx.registry.unregister(session) {
-        Some(platforms) => {
+        Some((platforms, version)) => {
             inc(&ctx.metrics.unregistered);
-            fan_out(ctx, state, &session.user, platforms);
+            fan_out(ctx, state, &session.user, platforms, version);
         }
         None => inc(&ctx.metrics.unregister_stale),
     }
@@ -204,12 +204,12 @@ pub(crate) fn register(ctx: &RoleCtx, state: &mut RoleState, session: &Arc<Sessi
     }
     session.notify(); // its reactor lets the held 101 out
                       // One event for the whole edit: the kicks and the insert are one state change.
-    fan_out(ctx, state, &session.user, outcome.platforms);
+    fan_out(ctx, state, &session.user, outcome.platforms, outcome.version);
 }
 
 /// Tells every session watching `user` its online platforms after a registry edit: one frame,
 /// offered to each subscriber without blocking; a full inbox defers it in the role's outbox.
-fn fan_out(ctx: &RoleCtx, state: &mut RoleState, user: &str, platforms: PlatformSet) {
+fn fan_out(ctx: &RoleCtx, state: &mut RoleState, user: &Arc<str>, platforms: PlatformSet, version: u64) {
     state.subscribers.clear();
     ctx.presence.subscribers_of(user, &mut state.subscribers);
     if state.subscribers.is_empty() {
@@ -217,6 +217,7 @@ fn fan_out(ctx: &RoleCtx, state: &mut RoleState, user: &str, platforms: Platform
     }
     inc(&ctx.metrics.presence_events);
     let frame = Utf8Bytes::from(protocol::presence_frame(user, platforms.ids()));
+    let frame = Outgoing::Presence(Arc::new(PresenceFrame { user: user.clone(), version, frame }));
     for subscriber in state.subscribers.drain(..) {
         match state.outbox.push(&subscriber, &frame, None) {
             Ok(_) => inc(&ctx.metrics.presence_pushes),
@@ -278,6 +279,7 @@ mod tests {
                 Delivery::Notice { conn, .. } => format!("notice {conn}"),
                 Delivery::Last { conn, frame, .. } => format!("last {conn} {}", &frame[..21]),
                 Delivery::Reply { conn, .. } => format!("reply {conn}"),
+                Delivery::Presence { conn, .. } => format!("presence {conn}"),
             })
             .collect();
         assert_eq!(kinds, ["notice 1", "last 1 {\"reqIdentifier\":2002", "notice 2"]);
@@ -317,7 +319,7 @@ mod tests {
     fn presence_frames(rx: &Receiver<Delivery>) -> Vec<serde_json::Value> {
         rx.try_iter()
             .filter_map(|d| match d {
-                Delivery::Frame { frame, .. } => serde_json::from_str(&frame).ok(),
+                Delivery::Presence { item, .. } => serde_json::from_str(&item.frame).ok(),
                 _ => None,
             })
             .collect()
@@ -362,7 +364,7 @@ mod tests {
         let mut state = RoleState::default();
         let subscriber = handle("s", Platform::Web, 100, &sub_mb);
         ctx.presence.subscribe(&"u".into(), &subscriber);
-        subscriber.offer(&Utf8Bytes::from("a message")).unwrap(); // the inbox (capacity 1) is full
+        subscriber.offer(&"a message".into()).unwrap(); // the inbox (capacity 1) is full
         register(&ctx, &mut state, &handle("u", Platform::Ios, 1, &watched_mb));
         assert_eq!(state.outbox.len(), 1, "deferred, not dropped");
         state.retry(&ctx.metrics);
@@ -382,7 +384,7 @@ mod tests {
         let ctx = Arc::new(ctx());
         let subscriber = handle("s", Platform::Web, 100, &sub_mb);
         ctx.presence.subscribe(&"u".into(), &subscriber);
-        subscriber.offer(&Utf8Bytes::from("a message")).unwrap(); // the inbox (capacity 1) is full
+        subscriber.offer(&"a message".into()).unwrap(); // the inbox (capacity 1) is full
         let (tx, rx) = crossbeam_channel::bounded(1);
         let beacon = Arc::new(Beacon::new(ROLE_LABELS));
         let waiters = Arc::new(Waiters::new(vec![watched_mb.clone(), sub_mb.clone()]));
@@ -396,7 +398,7 @@ mod tests {
         // The frame waits in the role's outbox; no further event comes. Make room once.
         assert!(matches!(sub_rx.recv_timeout(std::time::Duration::from_secs(5)), Ok(Delivery::Frame { .. })));
         let frame = sub_rx.recv_timeout(std::time::Duration::from_secs(5)).expect("the deferred frame, retried");
-        assert!(matches!(frame, Delivery::Frame { .. }));
+        assert!(matches!(frame, Delivery::Presence { .. }));
         drop(tx);
         thread.join().unwrap();
         assert!(beacon.progress() > 1, "the role turned while retrying");

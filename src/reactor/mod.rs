@@ -465,6 +465,19 @@ impl Reactor {
                     }
                     self.with(token, |c, ctx| c.deliver_last(ctx, frame));
                 }
+                Delivery::Presence { token, conn, item } => {
+                    let Some(c) = self.conns.get_mut(token) else { continue };
+                    if c.conn_id() != Some(conn) {
+                        continue;
+                    }
+                    if let Some(s) = &c.session {
+                        s.dequeued(item.frame.len());
+                    }
+                    if self.ctx.dispatcher.presence_is_news(conn, &item) {
+                        let frame = item.frame.clone();
+                        self.with(token, |c, ctx| c.deliver(ctx, frame));
+                    }
+                }
                 Delivery::Reply { token, conn, out } => {
                     let Some(c) = self.conns.get_mut(token) else { continue };
                     if c.conn_id() != Some(conn) {
