@@ -23,6 +23,7 @@ use crate::protocol::{
     SubUserOnlineStatusTips, UserOnlineStatus,
 };
 use crate::registry::Registry;
+use crate::throttle::log_throttled;
 use crate::worker::Job;
 
 /// What the session does after a frame.
@@ -158,7 +159,19 @@ impl Dispatcher {
         let Some(identifier) = req.req_identifier else {
             return self.error(Some(&req), codes::ARGS, "malformed request: missing reqIdentifier");
         };
-        match self.handler.as_ref().map_or(Claim::Gateway, |h| h.claim(identifier)) {
+        let claim = match &self.handler {
+            None => Claim::Gateway,
+            // The one handler call made on a reactor: a panic in it must not take the reactor.
+            Some(h) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h.claim(identifier))) {
+                Ok(claim) => claim,
+                Err(_) => {
+                    inc(&self.metrics.handler_panics);
+                    log_throttled!(log::Level::Error, "the handler panicked in claim({identifier})");
+                    return self.error(Some(&req), codes::SERVER_INTERNAL, "the handler failed");
+                }
+            },
+        };
+        match claim {
             Claim::Gateway => {}
             Claim::Observe if identifier == ident::SEND_MSG => {
                 return match send_msg(&req) {

@@ -63,6 +63,8 @@ pub(crate) struct Inner {
     worker_queues: Vec<crossbeam_channel::Receiver<crate::worker::Job>>,
     /// The register and unregister roles, joined last.
     roles: Mutex<Vec<(String, JoinHandle<()>)>>,
+    /// Every thread this gateway spawned, for [`Inner::is_own_thread`].
+    own: Mutex<Vec<std::thread::ThreadId>>,
     summary: Mutex<Option<ShutdownSummary>>,
     /// The register and unregister roles' beacons.
     role_beacons: [Arc<Beacon>; 2],
@@ -282,6 +284,7 @@ impl Gateway {
             workers: Mutex::new(Vec::new()),
             worker_queues: worker_rxs.clone(),
             roles: Mutex::new(Vec::new()),
+            own: Mutex::new(Vec::new()),
             summary: Mutex::new(None),
             role_beacons: role_beacons.clone(),
             watch: Mutex::new(Watch {
@@ -294,16 +297,10 @@ impl Gateway {
         let spawn = |name: String, f: Box<dyn FnOnce() + Send>| -> Result<()> {
             let handle =
                 std::thread::Builder::new().name(name.clone()).spawn(f).map_err(Error::io("spawning a thread"))?;
+            inner.own.lock().push(handle.thread().id());
             inner.threads.lock().push((name, handle));
             Ok(())
         };
-        if let Some(handler) = &handler {
-            for (id, queue) in worker_rxs.into_iter().enumerate() {
-                let name = name(&format!("worker-{id}"));
-                let handle = worker::spawn(id, queue, handler.clone(), Arc::downgrade(&inner), name.clone())?;
-                inner.workers.lock().push((name, handle));
-            }
-        }
         let acceptor = Acceptor {
             poll: acceptor_poll,
             listener,
@@ -333,7 +330,19 @@ impl Gateway {
         ] {
             let name = name(suffix);
             let handle = roles::spawn(role, role_ctx.clone(), queue, waiters, beacon.clone(), name.clone())?;
+            inner.own.lock().push(handle.thread().id());
             inner.roles.lock().push((name, handle));
+        }
+        // Workers last: until every reactor runs, an error here must not leave a worker waiting
+        // for senders that the error path has yet to drop.
+        if let Some(handler) = &handler {
+            for (id, queue) in worker_rxs.into_iter().enumerate() {
+                let name = name(&format!("worker-{id}"));
+                let weak = Arc::downgrade(&inner);
+                let handle = worker::spawn(id, queue, handler.clone(), shared.clone(), weak, name.clone())?;
+                inner.own.lock().push(handle.thread().id());
+                inner.workers.lock().push((name, handle));
+            }
         }
         let monitor = inner.watch.lock().monitor.clone().expect("the monitor is set until shutdown");
         let stalls = shared.metrics.clone();
@@ -483,18 +492,6 @@ impl GatewayHandle {
         weak.upgrade().map(|inner| GatewayHandle { inner })
     }
 
-    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
-        &self.inner.shared.metrics
-    }
-
-    pub(crate) fn registry(&self) -> &Registry {
-        &self.inner.shared.registry
-    }
-
-    pub(crate) fn boot_id(&self) -> &str {
-        &self.inner.shared.boot_id
-    }
-
     /// Sessions in the registry, counted by walking it (the `registry_sessions` gauge, checked).
     pub fn registry_len(&self) -> usize {
         self.inner.shared.registry.len()
@@ -589,11 +586,9 @@ impl Inner {
 }
 
 impl Inner {
-    /// Whether the calling thread is one this gateway spawned (a handler's worker, say): they
-    /// are all named `msggate-<port>-...`, and the port is this gateway's alone.
+    /// Whether the calling thread is one this gateway spawned (a handler's worker, say).
     fn is_own_thread(&self) -> bool {
-        let prefix = format!("msggate-{}-", self.local_addr.port());
-        std::thread::current().name().is_some_and(|n| n.starts_with(&prefix))
+        self.own.lock().contains(&std::thread::current().id())
     }
 }
 

@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tungstenite::Utf8Bytes;
 
-use crate::gateway::GatewayHandle;
+use crate::gateway::{GatewayHandle, WeakGateway};
 use crate::mailbox::{ConnId, NotDelivered, SessionHandle};
 use crate::policy::Platform;
 use crate::protocol::codes;
@@ -41,8 +41,10 @@ pub enum Claim {
 /// handshakes or other sessions' relays. One session's requests always go to the same worker,
 /// so they are handled in the order they arrived. When that worker's queue
 /// (`Config::worker_queue`) is full the client gets errCode 503 "server busy" at once.
-/// Connect and disconnect events travel in the same queue; one that finds it full is dropped
-/// and counted (`handler_events_dropped`), since nothing may wait for room.
+/// Connect and disconnect events travel in the same queue; one that finds it full waits, in
+/// order, in its reactor's event backlog (requests from that reactor are answered "busy" until
+/// the backlog is empty, so a session's connect always precedes its requests). Shutdown hands
+/// the backlog over before it stops, so every `on_connect` gets its `on_disconnect`.
 ///
 /// ```
 /// use msggate::{Claim, Config, Gateway, Handler, Reply, Request, Session};
@@ -199,7 +201,7 @@ where
 #[derive(Clone)]
 pub struct Session {
     pub(crate) handle: Arc<SessionHandle>,
-    pub(crate) gateway: GatewayHandle,
+    pub(crate) gateway: WeakGateway,
 }
 
 impl Session {
@@ -223,9 +225,11 @@ impl Session {
         self.handle.background.load(Relaxed)
     }
 
-    /// The gateway, to push to other users, kick or ask who is online.
-    pub fn gateway(&self) -> &GatewayHandle {
-        &self.gateway
+    /// The gateway, to push to other users, kick or ask who is online; `None` once it is
+    /// stopping because its last handle was dropped. Keep the handle only for the call: a
+    /// handler that stores one keeps the gateway alive until `shutdown()` is called on it.
+    pub fn gateway(&self) -> Option<GatewayHandle> {
+        GatewayHandle::upgrade(&self.gateway)
     }
 
     /// Sends a text frame to this session besides the reply, without blocking. It fails for

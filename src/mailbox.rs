@@ -228,7 +228,10 @@ impl NotDelivered {
 
 const REGISTERED: u8 = 1;
 const ENDED: u8 = 2;
-const LAST_PENDING: u8 = 4;
+/// In `order`, beside the close order: a `Last` item carrying that order is in the inbox. One
+/// byte, so winning the order and raising this are one compare-and-swap: a reactor never sees
+/// a `push_last` order without it, and a losing `push_last` never touches it.
+const LAST_PENDING: u8 = 0x80;
 
 /// A session as other threads see it: identity, flags and the way to its reactor.
 pub(crate) struct SessionHandle {
@@ -359,12 +362,9 @@ impl SessionHandle {
         if self.has_ended() {
             return Err(NotDelivered::Closing);
         }
-        // Set before the order becomes visible, so a sweep leaves the close to the item.
-        self.flags.fetch_or(LAST_PENDING, AcqRel);
-        if self.order.compare_exchange(0, order as u8, AcqRel, Acquire).is_err() {
-            // Someone ordered it closed first. A reactor that looked while our flag was up left
-            // that order to us, so hand it back: notify, and the reactor acts on it.
-            self.flags.fetch_and(!LAST_PENDING, AcqRel);
+        if self.order.compare_exchange(0, order as u8 | LAST_PENDING, AcqRel, Acquire).is_err() {
+            // Someone ordered it closed first; that order stands and was notified. Notify
+            // again anyway: it costs a notice and guards against any reactor that skipped it.
             self.notify();
             return Err(NotDelivered::Closing);
         }
@@ -378,7 +378,7 @@ impl SessionHandle {
             Err(e) => {
                 // Fallback: no frame, but the close order is acted on through a notice or sweep.
                 self.queued.fetch_sub(frame.len(), AcqRel);
-                self.flags.fetch_and(!LAST_PENDING, AcqRel);
+                self.order.fetch_and(!LAST_PENDING, AcqRel);
                 self.notify();
                 Err(match e {
                     TrySendError::Full(_) => {
@@ -394,12 +394,12 @@ impl SessionHandle {
     /// Reactor: the `Last` item arrived; the close order is now the reactor's to act on.
     pub(crate) fn last_delivered(&self, len: usize) {
         self.queued.fetch_sub(len, AcqRel);
-        self.flags.fetch_and(!LAST_PENDING, AcqRel);
+        self.order.fetch_and(!LAST_PENDING, AcqRel);
     }
 
     /// A `Last` item is in the inbox: its close must wait for it.
     pub(crate) fn last_pending(&self) -> bool {
-        self.flags.load(Acquire) & LAST_PENDING != 0
+        self.order.load(Acquire) & LAST_PENDING != 0
     }
 
     /// The one `try_send` of a frame (already charged to the budget). Full: the charge stays
@@ -436,7 +436,7 @@ impl SessionHandle {
 
     /// The close order, if any.
     pub(crate) fn close_order(&self) -> Option<CloseOrder> {
-        CloseOrder::from_u8(self.order.load(Acquire))
+        CloseOrder::from_u8(self.order.load(Acquire) & !LAST_PENDING)
     }
 
     /// Registry, under the shard lock, just before inserting: flags the session registered
@@ -581,6 +581,21 @@ pub(crate) mod tests {
         h.last_delivered(4);
         assert!(!h.last_pending());
         assert_eq!(h.push_last(&Utf8Bytes::from("again"), CloseOrder::Kicked), Err(NotDelivered::Closing));
+    }
+
+    #[test]
+    fn a_second_push_last_never_clears_the_first_ones_pending_item() {
+        let (mb, rx, _poll) = mailbox(8, 1000);
+        let h = handle("u", Platform::Ios, 1, &mb);
+        h.push_last(&Utf8Bytes::from("kick"), CloseOrder::Kicked).unwrap();
+        // An admin kick racing the register role's: it loses and must leave the first alone.
+        assert_eq!(h.push_last(&Utf8Bytes::from("admin"), CloseOrder::KickedByAdmin), Err(NotDelivered::Closing));
+        assert!(h.last_pending(), "the first kick's 2002 is still in the inbox: its close waits for it");
+        assert_eq!(h.close_order(), Some(CloseOrder::Kicked));
+        assert!(matches!(rx.try_recv(), Ok(Delivery::Last { .. })));
+        h.last_delivered(4);
+        assert!(!h.last_pending());
+        assert_eq!(h.close_order(), Some(CloseOrder::Kicked));
     }
 
     #[test]

@@ -123,7 +123,8 @@ metrics! {
         handler_panics,
         /// Requests answered errCode 503 "server busy" at once because the worker queue was full.
         worker_queue_full,
-        /// Connect and disconnect events not handed to the handler because the worker queue was full.
+        /// Connect and disconnect events not handed to the handler: a reactor's event backlog
+        /// was full (65536), or the workers did not take them within 2 s of shutdown.
         handler_events_dropped,
         /// Handler replies not sent because their session was closing or over budget.
         replies_dropped,

@@ -18,11 +18,12 @@ use tungstenite::Utf8Bytes;
 
 use crate::dispatch::{push_now, relay_to};
 use crate::error::{Error, Result};
-use crate::gateway::{GatewayHandle, WeakGateway};
+use crate::gateway::WeakGateway;
 use crate::handler::{Frame, Handler, Msg, Reply, Request, Session};
 use crate::mailbox::{CloseOrder, Out, ReplyError, SessionHandle};
 use crate::metrics::{inc, Metrics};
 use crate::protocol::{self, codes, SendAck, SendMsg};
+use crate::reactor::Shared;
 use crate::throttle::log_throttled;
 
 /// How long a worker retries a reply whose session's inbox is full before closing the session
@@ -90,13 +91,10 @@ pub(crate) struct Pool {
 impl Pool {
     /// Hands `job` to its session's worker (always the same one, so a session's jobs keep
     /// their order). A full (or gone) queue hands it back: the caller answers "busy".
-    pub(crate) fn try_send(&self, job: Job, m: &Metrics) -> Result<(), Job> {
+    pub(crate) fn try_send(&self, job: Job) -> Result<(), Job> {
         let worker = (job.session().conn % self.queues.len() as u64) as usize;
-        self.queues[worker].try_send(job).map_err(|e| {
-            inc(&m.worker_queue_full);
-            match e {
-                TrySendError::Full(job) | TrySendError::Disconnected(job) => job,
-            }
+        self.queues[worker].try_send(job).map_err(|e| match e {
+            TrySendError::Full(job) | TrySendError::Disconnected(job) => job,
         })
     }
 }
@@ -108,22 +106,22 @@ pub(crate) fn queues(handler: Arc<dyn Handler>, workers: usize, capacity: usize)
     (Pool { queues: txs, handler, raw }, rxs)
 }
 
-/// Starts worker `id` on `queue`. It ends when every sender is gone (the reactors exited).
+/// Starts worker `id` on `queue`. It ends when every sender is gone (the reactors exited),
+/// after the jobs left in its queue, disconnect events included.
 pub(crate) fn spawn(
     id: usize,
     queue: Receiver<Job>,
     handler: Arc<dyn Handler>,
+    shared: Arc<Shared>,
     gateway: WeakGateway,
     name: String,
 ) -> Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(name)
         .spawn(move || {
-            let mut worker = Worker { handler, next_id: 0, id, targets: Vec::new() };
+            let mut worker = Worker { handler, shared, gateway, next_id: 0, id, targets: Vec::new() };
             for job in queue.iter() {
-                // A job outliving the gateway's last handle has nobody to answer to.
-                let Some(gateway) = GatewayHandle::upgrade(&gateway) else { continue };
-                worker.run(job, gateway);
+                worker.run(job);
             }
         })
         .map_err(Error::io("spawning a worker thread"))
@@ -131,66 +129,85 @@ pub(crate) fn spawn(
 
 struct Worker {
     handler: Arc<dyn Handler>,
+    /// What the gateway's threads share; it does not keep the gateway running.
+    shared: Arc<Shared>,
+    gateway: WeakGateway,
     id: usize,
     next_id: u64,
     targets: Vec<Arc<SessionHandle>>,
 }
 
 impl Worker {
-    fn run(&mut self, job: Job, gateway: GatewayHandle) {
-        let metrics = gateway.metrics().clone();
+    fn run(&mut self, job: Job) {
+        let metrics = self.shared.metrics.clone();
         inc(&metrics.handler_calls);
         let handler = self.handler.clone();
-        let session = Session { handle: job.session().clone(), gateway };
+        let session = Session { handle: job.session().clone(), gateway: self.gateway.clone() };
         let guarded = |what: &str, f: &mut dyn FnMut()| {
             if catch_unwind(AssertUnwindSafe(f)).is_err() {
                 inc(&metrics.handler_panics);
                 log_throttled!(log::Level::Error, "{session:?}: the handler panicked in {what}");
-                return false;
             }
-            true
         };
+        let failed = || Reply::error(codes::SERVER_INTERNAL, "the handler failed");
         let out = match job {
-            Job::Connect(_) => {
-                guarded("on_connect", &mut || handler.on_connect(&session));
-                return;
-            }
-            Job::Disconnect(_) => {
-                guarded("on_disconnect", &mut || handler.on_disconnect(&session));
-                return;
-            }
+            Job::Connect(_) => return guarded("on_connect", &mut || handler.on_connect(&session)),
+            Job::Disconnect(_) => return guarded("on_disconnect", &mut || handler.on_disconnect(&session)),
             Job::Request { req, .. } => {
                 let mut reply = None;
                 guarded("on_request", &mut || reply = Some(handler.on_request(&session, &req)));
-                let reply = reply.unwrap_or_else(|| Reply::error(codes::SERVER_INTERNAL, "the handler failed"));
-                Out::Text(envelope(&req, &reply).into())
+                self.answer(&session.handle, &req, reply.unwrap_or_else(failed))
             }
             Job::Message { req, msg, .. } => {
                 let mut verdict = None;
                 guarded("on_message", &mut || verdict = Some(handler.on_message(&session, &msg)));
                 match verdict {
-                    Some(Ok(())) => Out::Text(self.relay(&session, &req, &msg, &metrics).into()),
-                    Some(Err(refusal)) => Out::Text(envelope(&req, &refusal).into()),
-                    None => {
-                        Out::Text(envelope(&req, &Reply::error(codes::SERVER_INTERNAL, "the handler failed")).into())
-                    }
+                    Some(Ok(())) => Out::Text(self.relay(&session.handle, &req, &msg, &metrics).into()),
+                    Some(Err(refusal)) => self.answer(&session.handle, &req, refusal),
+                    None => self.answer(&session.handle, &req, failed()),
                 }
             }
             Job::Frame { frame, .. } => {
                 let (mut answer, mut frame) = (None, Some(frame));
                 guarded("on_frame", &mut || answer = frame.take().and_then(|f| handler.on_frame(&session, f)));
-                match answer {
+                let out = match answer {
                     Some(Frame::Text(t)) => Out::Text(Utf8Bytes::from(t)),
                     Some(Frame::Binary(b)) => Out::Binary(b.into()),
                     None => Out::Nothing,
+                };
+                if out.len() > self.shared.config.outbound_budget {
+                    log_throttled!(
+                        log::Level::Warn,
+                        "{session:?}: the handler's answer is over outbound_budget; not sent"
+                    );
+                    inc(&metrics.replies_dropped);
+                    Out::Nothing // the session reads on; the client gets no answer
+                } else {
+                    out
                 }
             }
         };
         reply(&session.handle, out, &metrics);
     }
 
+    /// The envelope for `reply`; one that could never fit the session's outbound budget is
+    /// replaced by errCode 500 saying so, rather than closing the session as a slow consumer.
+    fn answer(&self, session: &SessionHandle, req: &Request, reply: Reply) -> Out {
+        let text = envelope(req, &reply);
+        if text.len() <= self.shared.config.outbound_budget {
+            return Out::Text(text.into());
+        }
+        log_throttled!(
+            log::Level::Warn,
+            "{session:?}: a handler reply of {} bytes is over outbound_budget",
+            text.len()
+        );
+        let too_big = Reply::error(codes::SERVER_INTERNAL, "the handler's reply is larger than outbound_budget");
+        Out::Text(envelope(req, &too_big).into())
+    }
+
     /// The gateway's own 1003 relay, run here after `on_message` accepted the message.
-    fn relay(&mut self, session: &Session, req: &Request, msg: &Msg, metrics: &Metrics) -> String {
+    fn relay(&mut self, me: &Arc<SessionHandle>, req: &Request, msg: &Msg, metrics: &Metrics) -> String {
         let wire = SendMsg {
             recv_id: msg.recv_id.as_str().into(),
             client_msg_id: msg.client_msg_id.as_str().into(),
@@ -198,9 +215,8 @@ impl Worker {
             content: &msg.content,
         };
         self.next_id += 1;
-        let server_msg_id = format!("{}-w{}-{}", session.gateway.boot_id(), self.id, self.next_id);
-        let registry = session.gateway.registry();
-        let me = &session.handle;
+        let server_msg_id = format!("{}-w{}-{}", self.shared.boot_id, self.id, self.next_id);
+        let registry = &self.shared.registry;
         let ack: SendAck<'_> =
             relay_to(registry, me, &req.operation_id, &wire, &server_msg_id, &mut self.targets, |t, f| {
                 push_now(metrics, t, f).is_ok()

@@ -308,7 +308,7 @@ impl Handler for Quitter {
         Claim::Handler
     }
     fn on_request(&self, s: &Session, _req: &Request) -> Reply {
-        s.gateway().shutdown();
+        s.gateway().expect("the gateway is running").shutdown();
         Reply::ok()
     }
 }
@@ -349,7 +349,7 @@ impl Handler for LateQuitter {
     }
     fn on_request(&self, s: &Session, req: &Request) -> Reply {
         self.0.on_request(s, req);
-        s.gateway().shutdown();
+        s.gateway().expect("the gateway is running").shutdown();
         Reply::ok()
     }
 }
@@ -371,5 +371,130 @@ fn a_handler_calling_shutdown_while_another_thread_shuts_down_does_not_deadlock(
         release.send(()).unwrap(); // the handler now calls shutdown too, from the worker
         let summary = closer.join().unwrap();
         assert_eq!(summary.sessions_closed, 1);
+    });
+}
+
+/// Panics in `claim` for 666 (a table indexed by the client's identifier, say).
+struct BadClaim;
+
+impl Handler for BadClaim {
+    fn claim(&self, req_identifier: i32) -> Claim {
+        assert_ne!(req_identifier, 666, "a bug in the embedding service's claim");
+        Claim::Gateway
+    }
+}
+
+#[test]
+fn a_panicking_claim_answers_500_and_the_reactor_lives_on() {
+    watchdog(4 * STEP, || {
+        let gw = Gateway::start_with(Config { io_threads: 1, ..config() }, BadClaim).unwrap();
+        let (mut a, mut b) = (Client::connect(gw.local_addr(), "a", 1), Client::connect(gw.local_addr(), "b", 1));
+        request(&mut a, 666, "bad", Value::Null);
+        assert_eq!(a.recv_until(|v| v["msgIncr"] == "bad")["errCode"], 500);
+        let incr = a.send_msg("b", "after the panic");
+        assert_eq!(a.await_reply(&incr)["data"]["delivered"], 1);
+        assert_eq!(b.await_push()["content"], "after the panic");
+        let _c = Client::connect(gw.local_addr(), "c", 1); // handshakes still served
+        let s = gw.stats();
+        assert_eq!((s.handler_panics, s.reactor_panics), (1, 0));
+        gw.shutdown();
+    });
+}
+
+#[test]
+fn disconnect_events_are_not_lost_to_a_full_worker_queue_or_to_shutdown() {
+    watchdog(6 * STEP, || {
+        for drop_it in [false, true] {
+            let (tx, rx) = mpsc::channel();
+            let cfg = Config { workers: 1, worker_queue: 1, ..config() };
+            let gw = Gateway::start_with(cfg, Events(Mutex::new(tx))).unwrap();
+            let clients: Vec<Client> = (0..12).map(|i| Client::connect(gw.local_addr(), &format!("u{i}"), 1)).collect();
+            if drop_it {
+                drop(gw); // the gateway stops with its last handle
+            } else {
+                gw.shutdown();
+            }
+            let events: Vec<String> = rx.try_iter().collect();
+            let (connects, disconnects) = (
+                events.iter().filter(|e| e.starts_with("connect")).count(),
+                events.iter().filter(|e| e.starts_with("disconnect")).count(),
+            );
+            assert_eq!((connects, disconnects), (12, 12), "drop: {drop_it}: {events:?}");
+            drop(clients);
+        }
+    });
+}
+
+#[test]
+fn a_raw_session_waiting_for_a_slow_handler_is_not_closed_as_idle() {
+    watchdog(4 * STEP, || {
+        let slow_echo = msggate::raw(|_, frame| {
+            std::thread::sleep(std::time::Duration::from_millis(900)); // slower than idle_timeout
+            Some(frame)
+        });
+        let cfg = Config {
+            require_token: false,
+            idle_timeout: std::time::Duration::from_millis(300),
+            ping_interval: std::time::Duration::from_millis(100),
+            ..config()
+        };
+        let gw = Gateway::start_with(cfg, slow_echo).unwrap();
+        let mut c = Client::connect_query(gw.local_addr(), "", "raw").unwrap();
+        c.ws.send(Message::text("slow")).unwrap();
+        loop {
+            match c.recv() {
+                Message::Text(t) => break assert_eq!(t.as_str(), "slow"),
+                Message::Close(f) => panic!("closed while the handler worked: {f:?}"),
+                _ => {} // pings
+            }
+        }
+        assert_eq!(gw.stats().idle_closes, 0);
+        gw.shutdown();
+    });
+}
+
+#[test]
+fn a_logout_right_after_an_observed_message_still_gets_the_message_acked() {
+    watchdog(4 * STEP, || {
+        struct SlowStore;
+        impl Handler for SlowStore {
+            fn claim(&self, req_identifier: i32) -> Claim {
+                if req_identifier == 1003 {
+                    Claim::Observe
+                } else {
+                    Claim::Gateway
+                }
+            }
+            fn on_message(&self, _s: &Session, _m: &Msg) -> Result<(), Reply> {
+                std::thread::sleep(std::time::Duration::from_millis(200)); // a slow store
+                Ok(())
+            }
+        }
+        let gw = Gateway::start_with(config(), SlowStore).unwrap();
+        let (mut a, mut b) = (Client::connect(gw.local_addr(), "a", 1), Client::connect(gw.local_addr(), "b", 1));
+        let incr = a.send_msg("b", "last words");
+        request(&mut a, 2003, "bye", Value::Null);
+        assert_eq!(a.await_reply("bye")["errCode"], 0);
+        assert_eq!(a.await_reply(&incr)["data"]["delivered"], 1, "the ack is not lost to the logout");
+        assert_eq!(u16::from(a.expect_close().expect("close").code), 1000);
+        assert_eq!(b.await_push()["content"], "last words");
+        assert_eq!(gw.stats().replies_dropped, 0);
+        gw.shutdown();
+    });
+}
+
+#[test]
+fn a_handler_reply_larger_than_the_outbound_budget_is_a_500_not_a_slow_consumer_close() {
+    watchdog(4 * STEP, || {
+        let huge = msggate::on(SLOW, |_, _| Reply::with_data(&"x".repeat(300 * 1024)));
+        let gw = Gateway::start_with(config(), huge).unwrap();
+        let mut c = Client::connect(gw.local_addr(), "u1", 1);
+        request(&mut c, SLOW, "big", Value::Null);
+        let reply = c.recv_until(|v| v["msgIncr"] == "big");
+        assert_eq!(reply["errCode"], 500, "{reply}");
+        request(&mut c, 2004, "still", json!({"isBackground": false}));
+        assert_eq!(c.recv_until(|v| v["msgIncr"] == "still")["errCode"], 0, "the session is still served");
+        assert_eq!(gw.stats().slow_consumer_closes, 0);
+        gw.shutdown();
     });
 }

@@ -158,6 +158,9 @@ pub(crate) struct Conn {
     /// Jobs handed to the worker pool and not yet answered. In raw mode the session's next
     /// frame is read only when this is zero, so answers keep the order of the frames.
     in_flight: u32,
+    /// A logout came while jobs were in flight: its reply is out, and the close follows the
+    /// last answer (nothing more is read meanwhile), so no answer is lost to the close.
+    close_when_answered: bool,
 }
 
 impl Conn {
@@ -180,6 +183,7 @@ impl Conn {
             early: Vec::new(),
             announced: false,
             in_flight: 0,
+            close_when_answered: false,
         }
     }
 
@@ -361,8 +365,9 @@ impl Conn {
             if self.raw_drain {
                 return self.drain_raw(ctx);
             }
-            if self.in_flight > 0 && matches!(self.stage, Stage::Open(_)) && ctx.pool.as_ref().is_some_and(|p| p.raw) {
-                return Keep; // the input waits until the handler has answered the last frame
+            let waiting = self.close_when_answered || (self.in_flight > 0 && ctx.pool.as_ref().is_some_and(|p| p.raw));
+            if waiting && matches!(self.stage, Stage::Open(_)) {
+                return Keep; // the input waits until the handler has answered
             }
             let ws = match &mut self.stage {
                 Stage::Open(ws) | Stage::Closing(ws) => ws,
@@ -455,6 +460,10 @@ impl Conn {
         match ctx.dispatcher.on_text(&session, text) {
             Action::Reply(reply) => self.write(ctx, Message::text(reply)),
             Action::ReplyThenClose(reply) => match self.write(ctx, Message::text(reply)) {
+                Keep if self.in_flight > 0 => {
+                    self.close_when_answered = true;
+                    Keep
+                }
                 Keep => self.begin_close(ctx, CloseCode::Normal, "logout"),
                 end => end,
             },
@@ -466,12 +475,14 @@ impl Conn {
     /// request; for a raw frame, which has no envelope to carry it, close 1013.
     fn hand_over(&mut self, ctx: &mut Ctx, job: Job) -> Next {
         let Some(pool) = &ctx.pool else { return Next::End(End::Bug("work without a worker pool".into())) };
-        match pool.try_send(job, &ctx.shared.metrics) {
+        let sent = if ctx.events_waiting() { Err(job) } else { pool.try_send(job) };
+        match sent {
             Ok(()) => {
                 self.in_flight += 1;
                 Keep
             }
             Err(job) => {
+                inc(&ctx.shared.metrics.worker_queue_full);
                 log_throttled!(
                     log::Level::Warn,
                     "{:?}: the handler's worker queue is full; answering busy",
@@ -488,12 +499,17 @@ impl Conn {
     /// A worker's answer: write it, and let a raw session read on.
     pub(crate) fn deliver_reply(&mut self, ctx: &mut Ctx, out: Out) -> Next {
         self.in_flight = self.in_flight.saturating_sub(1);
+        self.last_seen = ctx.now; // a session waiting for its handler is not idle
         let written = match out {
             Out::Text(t) => self.write(ctx, Message::Text(t)),
             Out::Binary(b) => self.write(ctx, Message::Binary(b)),
             Out::Nothing => Keep,
         };
         match written {
+            Keep if self.in_flight == 0 && self.close_when_answered => {
+                self.close_when_answered = false;
+                self.begin_close(ctx, CloseCode::Normal, "logout")
+            }
             Keep if self.unread && self.in_flight == 0 => self.read(ctx),
             other => other,
         }
@@ -660,7 +676,10 @@ impl Conn {
                 self.after_upgrade = AfterUpgrade::Close(CloseCode::Again, "registration timed out, try again later");
                 self.release(ctx)
             }
-            Stage::Open(_) if now.saturating_sub(self.last_seen) >= config.idle_timeout.as_millis() as u64 => {
+            Stage::Open(_)
+                if self.in_flight == 0
+                    && now.saturating_sub(self.last_seen) >= config.idle_timeout.as_millis() as u64 =>
+            {
                 inc(&ctx.shared.metrics.idle_closes);
                 log::debug!("{:?}: idle timeout", self.session);
                 self.begin_close(ctx, CloseCode::Away, "idle timeout")

@@ -42,6 +42,8 @@ const READ_BATCH: usize = 64;
 const INBOX_BATCH: usize = 8192;
 /// Poll timeout while frames wait for room in another reactor's inbox.
 const DEFERRED_RETRY: Duration = Duration::from_millis(1);
+/// Connect and disconnect events a reactor keeps while the workers' queues are full.
+const EVENT_BACKLOG: usize = 65536;
 /// Poll timeout while a role backlog waits: only a safety net, since the role wakes the
 /// reactor as soon as it frees a slot.
 const BACKLOG_RETRY: Duration = Duration::from_millis(10);
@@ -122,6 +124,8 @@ pub(crate) struct Ctx {
     unregister: RoleSender,
     register_backlog: VecDeque<Arc<SessionHandle>>,
     unregister_backlog: VecDeque<Arc<SessionHandle>>,
+    /// Connect and disconnect events waiting for room in a worker's queue, in order.
+    event_backlog: VecDeque<Job>,
     /// Connections with output queued this turn.
     pub(crate) dirty: Vec<usize>,
     /// Connections that stopped reading at a batch limit with input left.
@@ -147,25 +151,56 @@ impl Ctx {
         let id = self.mailbox.id;
         self.register.retry(&mut self.register_backlog, id);
         self.unregister.retry(&mut self.unregister_backlog, id);
+        self.retry_events();
     }
 
-    /// Hands a connect or disconnect event to the pool; a full queue drops it, counted and
-    /// logged (events are notifications: nothing waits for them). Returns whether it went.
-    pub(crate) fn event(&self, job: Job) -> bool {
+    /// Hands a connect or disconnect event to the pool. A full queue keeps it (and every later
+    /// one, in order) in the reactor's event backlog, retried every turn; past
+    /// [`EVENT_BACKLOG`] events it is dropped, counted and logged. Returns whether it is
+    /// queued or kept.
+    pub(crate) fn event(&mut self, job: Job) -> bool {
         let Some(pool) = &self.pool else { return false };
-        match pool.try_send(job, &self.shared.metrics) {
-            Ok(()) => true,
-            Err(job) => {
-                inc(&self.shared.metrics.handler_events_dropped);
-                let what = if matches!(job, Job::Connect(_)) { "connect" } else { "disconnect" };
-                log_throttled!(log::Level::Warn, "the handler's worker queue is full: {what} event dropped");
-                false
+        if self.event_backlog.is_empty() {
+            match pool.try_send(job) {
+                Ok(()) => return true,
+                Err(job) => return self.keep_event(job),
+            }
+        }
+        self.keep_event(job)
+    }
+
+    fn keep_event(&mut self, job: Job) -> bool {
+        if self.event_backlog.len() >= EVENT_BACKLOG {
+            inc(&self.shared.metrics.handler_events_dropped);
+            log_throttled!(
+                log::Level::Warn,
+                "{job:?} dropped: the handler's workers are {EVENT_BACKLOG} events behind"
+            );
+            return false;
+        }
+        self.event_backlog.push_back(job);
+        true
+    }
+
+    /// Hands over as many kept events as the workers' queues take.
+    fn retry_events(&mut self) {
+        let Some(pool) = &self.pool else { return };
+        while let Some(job) = self.event_backlog.pop_front() {
+            if let Err(job) = pool.try_send(job) {
+                self.event_backlog.push_front(job);
+                return;
             }
         }
     }
 
+    /// Whether a request may go to the pool now: not while events wait (they go first, so a
+    /// session's connect event always precedes its requests).
+    pub(crate) fn events_waiting(&self) -> bool {
+        !self.event_backlog.is_empty()
+    }
+
     fn backlog_len(&self) -> usize {
-        self.register_backlog.len() + self.unregister_backlog.len()
+        self.register_backlog.len() + self.unregister_backlog.len() + self.event_backlog.len()
     }
 }
 
@@ -278,6 +313,7 @@ impl Reactor {
                 unregister: queues.unregister,
                 register_backlog: VecDeque::new(),
                 unregister_backlog: VecDeque::new(),
+                event_backlog: VecDeque::new(),
                 dirty: Vec::new(),
                 ready: Vec::new(),
                 pool: queues.pool,
@@ -316,17 +352,28 @@ impl Reactor {
         let deadline = Instant::now() + Duration::from_secs(2);
         self.ctx.register_backlog.clear();
         self.beacon.doing(doing::SHUTDOWN);
-        while !self.ctx.unregister_backlog.is_empty() && Instant::now() < deadline {
+        // The same for the handler's disconnect events: workers wait on no reactor, though one
+        // may be busy in a slow handler, which the deadline bounds.
+        let waiting = |ctx: &Ctx| ctx.unregister_backlog.len() + ctx.event_backlog.len();
+        while waiting(&self.ctx) > 0 && Instant::now() < deadline {
             self.ctx.retry_backlogs();
-            self.beacon.backlog(self.ctx.unregister_backlog.len());
+            self.beacon.backlog(waiting(&self.ctx));
             self.beacon.turn();
-            std::thread::yield_now();
+            std::thread::sleep(Duration::from_micros(100));
         }
         if !self.ctx.unregister_backlog.is_empty() {
             log::error!(
                 "reactor {id}: {} unregister events could not be handed over",
                 self.ctx.unregister_backlog.len()
             );
+        }
+        if !self.ctx.event_backlog.is_empty() {
+            let dropped = self.ctx.event_backlog.len();
+            log::warn!(
+                "reactor {id}: {dropped} handler events dropped at shutdown: the workers did not take them in time"
+            );
+            crate::metrics::inc_by(&self.ctx.shared.metrics.handler_events_dropped, dropped);
+            self.ctx.event_backlog.clear();
         }
         self.beacon.exit();
     }
@@ -540,10 +587,10 @@ impl Reactor {
         }
         if let Some(session) = conn.session {
             session.mark_ended();
+            add(&metrics.sessions, -1);
             if conn.announced {
                 self.ctx.event(Job::Disconnect(session.clone()));
             }
-            add(&metrics.sessions, -1);
             self.ctx.dispatcher.session_ended(&session);
             self.ctx.unregister(session);
         }
