@@ -67,6 +67,10 @@ pub(crate) struct Inner {
     role_beacons: [Arc<Beacon>; 2],
     /// What the watchdog watches, and its thread.
     watch: Mutex<Watch>,
+    /// The admin API's address, when it is on.
+    admin_addr: Option<SocketAddr>,
+    /// The admin thread, stopped last so that `/healthz` answers 503 during a shutdown.
+    admin: Mutex<Option<crate::admin::Admin>>,
 }
 
 /// The watchdog's parts. The monitor's probes of the role queues hold senders (a receiver
@@ -171,6 +175,7 @@ impl Gateway {
         }
         let listener = acceptor::bind(config.listen).map_err(Error::io("binding the listen address"))?;
         let local_addr = listener.local_addr().map_err(Error::io("reading the listen address"))?;
+        let admin = config.admin_listen.map(crate::admin::bind).transpose()?;
         let metrics = Arc::new(Metrics::default());
         let registry = Arc::new(Registry::new(metrics.clone()));
         let write_threshold = (config.outbound_budget / 2).min(8192);
@@ -285,6 +290,8 @@ impl Gateway {
                 monitor: Some(Arc::new(Monitor::new(watched, shared.config.stall_after))),
                 dog: None,
             }),
+            admin_addr: admin.as_ref().map(crate::admin::Bound::addr),
+            admin: Mutex::new(None),
         };
         // From here on, an error drops `inner`, whose Drop stops and joins what was started.
         let inner = Arc::new(inner);
@@ -338,6 +345,10 @@ impl Gateway {
             log::error!("{report}");
         })?;
         inner.watch.lock().dog = Some(dog);
+        if let Some(bound) = admin {
+            let running = bound.spawn(Arc::downgrade(&inner), config.admin_token.clone(), name("admin"))?;
+            *inner.admin.lock() = Some(running);
+        }
 
         log::info!(
             "msggate listening on {local_addr}: {} reactors, register/unregister queues {}/{}, policy {}, \
@@ -357,6 +368,12 @@ impl GatewayHandle {
     /// The address the gateway listens on (with the real port when 0 was configured).
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.local_addr
+    }
+
+    /// The admin API's address (with the real port when 0 was configured), or `None` when
+    /// `Config::admin_listen` is unset.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.inner.admin_addr
     }
 
     /// The configuration the gateway runs with.
@@ -500,6 +517,16 @@ impl GatewayHandle {
         self.inner.watch.lock().dog.as_ref().map(Watchdog::health).unwrap_or_default()
     }
 
+    /// Whether a shutdown has begun (it may still be running).
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shared.shutdown.load(Acquire)
+    }
+
+    /// Sockets each reactor owns now, handshakes in flight included, by reactor id.
+    pub fn reactor_connections(&self) -> Vec<usize> {
+        self.inner.mailboxes.iter().map(|m| m.owned_conns()).collect()
+    }
+
     /// Each reactor's inbox: (frames and notices waiting, capacity).
     pub fn inbox_depths(&self) -> Vec<(usize, usize)> {
         self.inner.mailboxes.iter().map(|m| (m.inbox_len(), m.inbox_capacity())).collect()
@@ -551,6 +578,11 @@ impl Inner {
         let watch = std::mem::take(&mut *self.watch.lock());
         drop(watch);
         self.roles.lock().drain(..).for_each(join);
+        // Last, so that `/healthz` answered 503 "shutting down" all along. Its thread holds no
+        // part of the gateway, and its reads give up within 50 ms of the stop flag.
+        if let Some(mut admin) = self.admin.lock().take() {
+            admin.stop();
+        }
         let s = ShutdownSummary {
             sessions_closed: sessions,
             elapsed: started.elapsed(),
