@@ -427,11 +427,24 @@ impl GatewayHandle {
         if !msg.is_object() {
             return Err(Error::BadRequest("a pushed message must be a JSON object".into()));
         }
+        let raw = serde_json::value::to_raw_value(msg).map_err(|e| Error::BadRequest(e.to_string()))?;
+        self.push_many_raw(users, &raw)
+    }
+
+    /// [`GatewayHandle::push_many`] of a message already encoded (a JSON object), sent byte for
+    /// byte: the admin API's `/push` keeps the client's key order and number spelling.
+    pub(crate) fn push_many_raw<S: AsRef<str>>(
+        &self,
+        users: &[S],
+        raw: &serde_json::value::RawValue,
+    ) -> Result<Vec<PushReport>> {
+        if !raw.get().trim_start().starts_with('{') {
+            return Err(Error::BadRequest("a pushed message must be a JSON object".into()));
+        }
         if let Some(bad) = users.iter().find(|u| u.as_ref().is_empty()) {
             return Err(Error::BadRequest(format!("empty user id {:?}", bad.as_ref())));
         }
-        let raw = serde_json::value::to_raw_value(msg).map_err(|e| Error::BadRequest(e.to_string()))?;
-        let frame = Utf8Bytes::from(protocol::push_frame_raw(&raw));
+        let frame = Utf8Bytes::from(protocol::push_frame_raw(raw));
         let shared = &self.inner.shared;
         let mut targets = Vec::new();
         Ok(users

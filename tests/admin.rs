@@ -197,6 +197,20 @@ fn admin_push_reaches_websocket_clients_untouched() {
         assert_eq!(web.await_push(), data);
         assert_eq!(gw.stats().pushes_queued, 2);
 
+        // Byte for byte: key order and number spelling as sent.
+        let raw = r#"{"z":1,"a":1.10,"m":{"y":"é","b":[]}}"#;
+        let body = format!(r#"{{"userIDs":["alice"],"data":{raw}}}"#);
+        let r = http(admin, "POST", "/push", &[], Some(body.as_bytes()));
+        assert_eq!(r.json()["data"][0]["resp"][0]["result"], "delivered", "{r:?}");
+        let frame = loop {
+            match ios.recv() {
+                tungstenite::Message::Text(t) => break t.to_string(),
+                _ => continue,
+            }
+        };
+        assert!(frame.contains(&format!(r#""msgs":[{raw}]"#)), "{frame}");
+        web.await_push();
+
         // Bad requests: nothing pushed, a JSON error each.
         let bad = [
             json!({"userIDs": ["alice"], "data": "not an object"}),
@@ -215,7 +229,7 @@ fn admin_push_reaches_websocket_clients_untouched() {
         http(admin, "POST", "/push", &[], None).assert_error(400, 1001);
         let huge = vec![b' '; (1 << 20) + 1];
         http(admin, "POST", "/push", &[], Some(&huge)).assert_error(413, 413);
-        assert_eq!(gw.stats().pushes_queued, 2, "no bad request pushed anything");
+        assert_eq!(gw.stats().pushes_queued, 4, "no bad request pushed anything");
         // The admin API is still serving.
         assert_eq!(get(admin, "/healthz").status, 200);
     });

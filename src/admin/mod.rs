@@ -20,7 +20,6 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
@@ -189,7 +188,7 @@ fn route(req: &Request, ctx: &Ctx) -> Response {
     }
     let Some(gateway) = GatewayHandle::upgrade(&ctx.gateway) else {
         // The last handle is gone: the gateway's `Drop` is shutting it down.
-        return text(503, "shutting down\n");
+        return if path == "/healthz" { text(503, "shutting down\n") } else { error(503, "shutting down") };
     };
     let result = match path {
         "/healthz" => return healthz(&gateway),
@@ -427,7 +426,8 @@ struct PlatformStatus {
 struct PushBody {
     #[serde(rename = "userIDs")]
     user_ids: Vec<String>,
-    data: Value,
+    /// Kept as sent: the 2001 carries these bytes.
+    data: Box<RawValue>,
 }
 
 /// `POST /kick` body.
@@ -447,10 +447,10 @@ fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> std::result::Result<T, (u16,
 fn push(gw: &GatewayHandle, body: &[u8]) -> Outcome {
     let req: PushBody = parse(body)?;
     check_users(&req.user_ids)?;
-    if !req.data.is_object() {
+    if !req.data.get().trim_start().starts_with('{') {
         return Err(bad("data must be a JSON object (the message, as OpenIM's MsgData)"));
     }
-    let reports = gw.push_many(&req.user_ids, &req.data).map_err(|e| bad(e.to_string()))?;
+    let reports = gw.push_many_raw(&req.user_ids, &req.data).map_err(|e| bad(e.to_string()))?;
     let users: Vec<UserPush> = reports
         .into_iter()
         .map(|r| {
