@@ -76,6 +76,16 @@ pub struct Config {
     /// `platformID` optional (an absent `sendID` becomes `anonymous-<conn>`, an absent platform
     /// Web): for conformance suites and raw echo servers, never for a real deployment.
     pub require_token: bool,
+    /// Address of the admin HTTP API (`/healthz`, `/metrics`, `/debug/roles`, `/online`,
+    /// `/push`, `/kick`; see `docs/ADMIN.md`). Default `None`: no admin server. The library
+    /// leaves it off because tests and embedders start many gateways in one process, which must
+    /// not fight over one port; `msggate serve` turns it on at `127.0.0.1:10002`. Port 0 picks a
+    /// free port ([`GatewayHandle::admin_addr`](crate::GatewayHandle::admin_addr) tells which).
+    pub admin_listen: Option<SocketAddr>,
+    /// Bearer token the admin API requires (`Authorization: Bearer <token>`) on every endpoint
+    /// but `/healthz`. Default `None`: no authentication, allowed only when `admin_listen` is a
+    /// loopback address. Must not be empty.
+    pub admin_token: Option<String>,
     /// Testing only: the register role pauses this long before each event, to stand in for a
     /// slow or overloaded role. Zero (the default) in any real deployment.
     #[doc(hidden)]
@@ -107,6 +117,8 @@ impl Default for Config {
             workers: 4,
             worker_queue: 1024,
             require_token: true,
+            admin_listen: None,
+            admin_token: None,
             register_delay: Duration::ZERO,
         }
     }
@@ -181,6 +193,19 @@ impl Config {
             }
             _ => {}
         }
+        match (&self.admin_token, self.admin_listen) {
+            (Some(t), _) if t.is_empty() => return Err(Error::config("admin_token", "must not be empty")),
+            (Some(t), _) if t.chars().any(|c| c.is_control() || c == ' ') => {
+                return Err(Error::config("admin_token", "must not contain spaces or control characters"))
+            }
+            (None, Some(addr)) if !addr.ip().is_loopback() => {
+                return Err(Error::config(
+                    "admin_token",
+                    format!("no admin token set: refusing to serve the admin API on non-loopback {addr} without one"),
+                ))
+            }
+            _ => {}
+        }
         Ok(())
     }
 
@@ -224,6 +249,10 @@ mod tests {
             ("workers", Config { workers: 0, ..Config::default() }),
             ("worker_queue", Config { worker_queue: 0, ..Config::default() }),
             ("max_subscriptions", Config { max_subscriptions: 0, ..Config::default() }),
+            ("admin_token", Config { admin_listen: Some("0.0.0.0:10002".parse().unwrap()), ..Config::default() }),
+            ("admin_token", Config { admin_listen: Some("[::]:0".parse().unwrap()), ..Config::default() }),
+            ("admin_token", Config { admin_token: Some(String::new()), ..Config::default() }),
+            ("admin_token", Config { admin_token: Some("a b".into()), ..Config::default() }),
         ];
         for (field, config) in cases {
             match config.validate() {
@@ -231,6 +260,20 @@ mod tests {
                 other => panic!("{field}: expected a config error, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn admin_api_is_off_by_default_and_needs_a_token_off_loopback() {
+        assert_eq!(Config::default().admin_listen, None);
+        Config { admin_listen: Some("127.0.0.1:0".parse().unwrap()), ..Config::default() }.validate().unwrap();
+        Config { admin_listen: Some("[::1]:0".parse().unwrap()), ..Config::default() }.validate().unwrap();
+        Config {
+            admin_listen: Some("0.0.0.0:10002".parse().unwrap()),
+            admin_token: Some("t0ken".into()),
+            ..Config::default()
+        }
+        .validate()
+        .unwrap();
     }
 
     #[test]

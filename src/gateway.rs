@@ -70,6 +70,10 @@ pub(crate) struct Inner {
     role_beacons: [Arc<Beacon>; 2],
     /// What the watchdog watches, and its thread.
     watch: Mutex<Watch>,
+    /// The admin API's address, when it is on.
+    admin_addr: Option<SocketAddr>,
+    /// The admin thread, stopped last so that `/healthz` answers 503 during a shutdown.
+    admin: Mutex<Option<crate::admin::Admin>>,
 }
 
 /// The watchdog's parts. The monitor's probes of the role queues hold senders (a receiver
@@ -174,6 +178,7 @@ impl Gateway {
         }
         let listener = acceptor::bind(config.listen).map_err(Error::io("binding the listen address"))?;
         let local_addr = listener.local_addr().map_err(Error::io("reading the listen address"))?;
+        let admin = config.admin_listen.map(crate::admin::bind).transpose()?;
         let metrics = Arc::new(Metrics::default());
         let registry = Arc::new(Registry::new(metrics.clone()));
         let presence = Arc::new(Presence::new(metrics.clone()));
@@ -291,6 +296,8 @@ impl Gateway {
                 monitor: Some(Arc::new(Monitor::new(watched, shared.config.stall_after))),
                 dog: None,
             }),
+            admin_addr: admin.as_ref().map(crate::admin::Bound::addr),
+            admin: Mutex::new(None),
         };
         // From here on, an error drops `inner`, whose Drop stops and joins what was started.
         let inner = Arc::new(inner);
@@ -351,6 +358,10 @@ impl Gateway {
             log::error!("{report}");
         })?;
         inner.watch.lock().dog = Some(dog);
+        if let Some(bound) = admin {
+            let running = bound.spawn(Arc::downgrade(&inner), config.admin_token.clone(), name("admin"))?;
+            *inner.admin.lock() = Some(running);
+        }
 
         log::info!(
             "msggate listening on {local_addr}: {} reactors, register/unregister queues {}/{}, policy {}, \
@@ -370,6 +381,12 @@ impl GatewayHandle {
     /// The address the gateway listens on (with the real port when 0 was configured).
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.local_addr
+    }
+
+    /// The admin API's address (with the real port when 0 was configured), or `None` when
+    /// `Config::admin_listen` is unset.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.inner.admin_addr
     }
 
     /// The configuration the gateway runs with.
@@ -423,11 +440,24 @@ impl GatewayHandle {
         if !msg.is_object() {
             return Err(Error::BadRequest("a pushed message must be a JSON object".into()));
         }
+        let raw = serde_json::value::to_raw_value(msg).map_err(|e| Error::BadRequest(e.to_string()))?;
+        self.push_many_raw(users, &raw)
+    }
+
+    /// [`GatewayHandle::push_many`] of a message already encoded (a JSON object), sent byte for
+    /// byte: the admin API's `/push` keeps the client's key order and number spelling.
+    pub(crate) fn push_many_raw<S: AsRef<str>>(
+        &self,
+        users: &[S],
+        raw: &serde_json::value::RawValue,
+    ) -> Result<Vec<PushReport>> {
+        if !raw.get().trim_start().starts_with('{') {
+            return Err(Error::BadRequest("a pushed message must be a JSON object".into()));
+        }
         if let Some(bad) = users.iter().find(|u| u.as_ref().is_empty()) {
             return Err(Error::BadRequest(format!("empty user id {:?}", bad.as_ref())));
         }
-        let raw = serde_json::value::to_raw_value(msg).map_err(|e| Error::BadRequest(e.to_string()))?;
-        let frame = Utf8Bytes::from(protocol::push_frame_raw(&raw));
+        let frame = Utf8Bytes::from(protocol::push_frame_raw(raw));
         let shared = &self.inner.shared;
         let mut targets = Vec::new();
         Ok(users
@@ -509,6 +539,16 @@ impl GatewayHandle {
         self.inner.watch.lock().dog.as_ref().map(Watchdog::health).unwrap_or_default()
     }
 
+    /// Whether a shutdown has begun (it may still be running).
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shared.shutdown.load(Acquire)
+    }
+
+    /// Sockets each reactor owns now, handshakes in flight included, by reactor id.
+    pub fn reactor_connections(&self) -> Vec<usize> {
+        self.inner.mailboxes.iter().map(|m| m.owned_conns()).collect()
+    }
+
     /// Each reactor's inbox: (frames and notices waiting, capacity).
     pub fn inbox_depths(&self) -> Vec<(usize, usize)> {
         self.inner.mailboxes.iter().map(|m| (m.inbox_len(), m.inbox_capacity())).collect()
@@ -574,6 +614,11 @@ impl Inner {
         let watch = std::mem::take(&mut *self.watch.lock());
         drop(watch);
         self.roles.lock().drain(..).for_each(join);
+        // Last, so that `/healthz` answered 503 "shutting down" all along. Its thread holds no
+        // part of the gateway, and its reads give up within 50 ms of the stop flag.
+        if let Some(mut admin) = self.admin.lock().take() {
+            admin.stop();
+        }
         let s = ShutdownSummary {
             sessions_closed: sessions,
             elapsed: started.elapsed(),

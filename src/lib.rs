@@ -22,6 +22,7 @@
 #![warn(missing_docs, rust_2018_idioms)]
 
 mod acceptor;
+mod admin;
 mod admission;
 #[doc(hidden)]
 pub mod bench;

@@ -108,6 +108,8 @@ pub(crate) struct Mailbox {
     budget: usize,
     /// Times a sender found the inbox full and took its fallback (for the watchdog's dump).
     full: AtomicU64,
+    /// Sockets the reactor owns (handshakes in flight included); only the reactor writes it.
+    conns: AtomicUsize,
 }
 
 impl Mailbox {
@@ -120,7 +122,22 @@ impl Mailbox {
             sweep: AtomicBool::new(false),
             budget,
             full: AtomicU64::new(0),
+            conns: AtomicUsize::new(0),
         }
+    }
+
+    /// The reactor took (`+1`) or dropped (`-1`) a socket.
+    pub(crate) fn owned(&self, delta: isize) {
+        if delta >= 0 {
+            self.conns.fetch_add(delta.unsigned_abs(), Relaxed);
+        } else {
+            self.conns.fetch_sub(delta.unsigned_abs(), Relaxed);
+        }
+    }
+
+    /// Sockets the reactor owns now, handshakes in flight included.
+    pub(crate) fn owned_conns(&self) -> usize {
+        self.conns.load(Relaxed)
     }
 
     /// Wakes the reactor unless a wake is already pending (one syscall per reactor turn at most).

@@ -33,6 +33,14 @@ macro_rules! metrics {
             pub fn fields(&self) -> Vec<(&'static str, i128)> {
                 vec![$((stringify!($c), i128::from(self.$c)),)* $((stringify!($g), i128::from(self.$g)),)*]
             }
+
+            /// Every field with its doc text and kind, counters first, for the Prometheus exposition.
+            pub(crate) fn described(&self) -> Vec<Field> {
+                vec![
+                    $(Field { name: stringify!($c), help: concat!($($cdoc),*), counter: true, value: i128::from(self.$c) },)*
+                    $(Field { name: stringify!($g), help: concat!($($gdoc),*), counter: false, value: i128::from(self.$g) },)*
+                ]
+            }
         }
     };
 }
@@ -150,6 +158,19 @@ metrics! {
     }
 }
 
+/// One [`Snapshot`] field as the exposition needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Field {
+    /// The field's name, e.g. `accepted`.
+    pub(crate) name: &'static str,
+    /// Its doc comment, lines joined (each starts with a space).
+    pub(crate) help: &'static str,
+    /// Monotonic (a counter) or up and down (a gauge).
+    pub(crate) counter: bool,
+    /// Its value.
+    pub(crate) value: i128,
+}
+
 /// Bumps a counter by one.
 pub(crate) fn inc(counter: &AtomicU64) {
     counter.fetch_add(1, Relaxed);
@@ -181,5 +202,11 @@ mod tests {
         let s = m.snapshot();
         assert_eq!((s.accepted, s.sessions), (2, 2));
         assert!(s.fields().contains(&("accepted", 2)));
+        let described = s.described();
+        assert_eq!(described.len(), s.fields().len());
+        let accepted = described.iter().find(|f| f.name == "accepted").unwrap();
+        assert_eq!((accepted.counter, accepted.value, accepted.help), (true, 2, " Sockets accepted by the acceptor."));
+        let sessions = described.iter().find(|f| f.name == "sessions").unwrap();
+        assert!(!sessions.counter && sessions.value == 2);
     }
 }

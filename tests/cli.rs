@@ -61,7 +61,9 @@ impl Drop for TempToml {
 #[test]
 fn serve_on_port_zero_accepts_an_authenticated_client_and_sigterm_exits_0_quickly() {
     watchdog(LIMIT, || {
-        let mut server = Proc::spawn(&mut msggate(&["serve", "--listen", "127.0.0.1:0", "--secret", "s"]));
+        // --no-admin: `serve` would otherwise take 127.0.0.1:10002, which parallel tests share.
+        let mut server =
+            Proc::spawn(&mut msggate(&["serve", "--listen", "127.0.0.1:0", "--no-admin", "--secret", "s"]));
         let addr = server.listen_addr();
         let token = mint(&["--secret", "s", "--user", "u1", "--platform", "1"]);
 
@@ -131,7 +133,7 @@ fn invalid_config_names_the_field_and_exits_2() {
 #[test]
 fn env_and_toml_config_apply_with_flags_winning() {
     watchdog(LIMIT, || {
-        let listen = ["serve", "--listen", "127.0.0.1:0"];
+        let listen = ["serve", "--listen", "127.0.0.1:0", "--no-admin"];
 
         // The file is read...
         let zero = TempToml::new("register_queue = 0\n");

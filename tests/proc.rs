@@ -123,6 +123,17 @@ impl Proc {
     }
 }
 
+impl Proc {
+    /// Reads the `msggate admin listening on ADDR` line that follows the listen line.
+    pub fn admin_addr(&mut self) -> SocketAddr {
+        let line = self.stdout_lines.recv_timeout(PATIENCE).expect("an admin line on stdout");
+        let addr = line
+            .strip_prefix("msggate admin listening on ")
+            .unwrap_or_else(|| panic!("unexpected second stdout line {line:?}"));
+        addr.parse().unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"))
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();

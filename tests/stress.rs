@@ -18,7 +18,7 @@ use crate::util::{self, watchdog};
 
 /// `msggate serve` on 127.0.0.1:0 with `extra` flags; returns it and its address.
 fn serve(extra: &[&str]) -> (Proc, SocketAddr) {
-    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--log-level", "warn"];
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--no-admin", "--log-level", "warn"];
     args.extend_from_slice(extra);
     let mut server = Proc::spawn(&mut msggate(&args));
     let addr = server.listen_addr();

@@ -4,6 +4,7 @@
 mod proc;
 mod util;
 
+mod admin;
 mod cli;
 mod examples;
 mod handler;

@@ -17,6 +17,11 @@ use signal_hook::iterator::Signals;
 
 use super::{Failure, OpenFileLimit, RESERVED_FDS};
 
+/// Where `msggate serve` serves the admin API unless told otherwise. The library's
+/// `Config::admin_listen` defaults to off instead: many gateways may share one process there.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 10002));
+
 /// Beyond `shutdown_timeout`, how long joining threads may take before the process gives up.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -29,8 +34,8 @@ fn dur(d: Duration) -> String {
 #[command(after_help = "Every flag can also be set by the MSGGATE_* environment variable shown, or by a key in \
     the --config TOML file spelled like the flag in snake_case (register_queue = 64, handshake_timeout = \"5s\"). \
     Precedence: flag, then environment, then file, then the default.\n\n\
-    On start msggate prints one line to stdout, `msggate listening on ADDR`, with the real bound address; \
-    everything else is logged to stderr. SIGINT or SIGTERM closes every session with 1001 and exits 0.")]
+    On start msggate prints `msggate listening on ADDR` to stdout, with the real bound address, then \
+    `msggate admin listening on ADDR` unless --no-admin; everything else is logged to stderr. SIGINT or SIGTERM closes every session with 1001 and exits 0.")]
 pub struct Args {
     /// TOML file with settings; keys are the flag names in snake_case.
     #[arg(long, value_name = "FILE", env = "MSGGATE_CONFIG")]
@@ -113,6 +118,18 @@ pub struct Args {
     #[arg(long, value_name = "DUR", env = "MSGGATE_STALL_AFTER", value_parser = humantime::parse_duration)]
     stall_after: Option<Duration>,
 
+    /// Address of the admin HTTP API (/healthz, /metrics, /debug/roles, /online, /push, /kick); port 0 picks a free port.
+    #[arg(long, value_name = "ADDR", env = "MSGGATE_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+
+    /// Do not serve the admin HTTP API (wins over --admin-listen and MSGGATE_ADMIN_LISTEN).
+    #[arg(long, env = "MSGGATE_NO_ADMIN", value_parser = clap::builder::BoolishValueParser::new())]
+    no_admin: bool,
+
+    /// Bearer token the admin API requires on every endpoint but /healthz; required off loopback.
+    #[arg(long, value_name = "T", env = "MSGGATE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+
     /// Log level on stderr.
     #[arg(long, value_name = "LEVEL", env = "MSGGATE_LOG_LEVEL", ignore_case = true)]
     log_level: Option<LogLevel>,
@@ -122,7 +139,7 @@ pub struct Args {
 /// number is restated here. Panics (in the unit test first) if an id names no flag.
 pub fn document_defaults(cmd: clap::Command) -> clap::Command {
     let d = Config::default();
-    let defaults: [(&str, String); 21] = [
+    let defaults: [(&str, String); 23] = [
         ("config", "none".into()),
         ("listen", d.listen.to_string()),
         ("secret", "none, i.e. the public development secret, loopback only".into()),
@@ -143,6 +160,8 @@ pub fn document_defaults(cmd: clap::Command) -> clap::Command {
         ("shutdown_timeout", dur(d.shutdown_timeout)),
         ("max_subscriptions", d.max_subscriptions.to_string()),
         ("stall_after", dur(d.stall_after)),
+        ("admin_listen", DEFAULT_ADMIN_LISTEN.to_string()),
+        ("admin_token", "none: the admin API is open, loopback only".into()),
         ("log_level", LogLevel::DEFAULT.name().into()),
     ];
     defaults.into_iter().fold(cmd, |cmd, (id, default)| {
@@ -223,6 +242,9 @@ struct FileConfig {
     max_subscriptions: Option<usize>,
     #[serde(default, deserialize_with = "de_duration")]
     stall_after: Option<Duration>,
+    admin_listen: Option<SocketAddr>,
+    no_admin: Option<bool>,
+    admin_token: Option<String>,
     log_level: Option<LogLevel>,
 }
 
@@ -272,6 +294,22 @@ impl Args {
             None => FileConfig::default(),
         };
         let d = Config::default();
+        // The admin address: the first layer (flags and environment, then the file) that says
+        // anything decides, `no_admin` winning within it; else the CLI's default.
+        let admin_listen = if self.no_admin {
+            None
+        } else if self.admin_listen.is_some() {
+            self.admin_listen
+        } else {
+            match (file.no_admin, file.admin_listen) {
+                (Some(true), Some(_)) => {
+                    return Err(Failure::Config("the config file sets both no_admin = true and admin_listen".into()))
+                }
+                (Some(true), None) => None,
+                (_, Some(addr)) => Some(addr),
+                (_, None) => Some(DEFAULT_ADMIN_LISTEN),
+            }
+        };
         let config = Config {
             listen: layer(self.listen, file.listen, d.listen),
             secret: self.secret.or(file.secret).or(d.secret),
@@ -292,6 +330,8 @@ impl Args {
             shutdown_timeout: layer(self.shutdown_timeout, file.shutdown_timeout, d.shutdown_timeout),
             max_subscriptions: layer(self.max_subscriptions, file.max_subscriptions, d.max_subscriptions),
             stall_after: layer(self.stall_after, file.stall_after, d.stall_after),
+            admin_listen,
+            admin_token: self.admin_token.or(file.admin_token).or(d.admin_token),
             // Library only: `serve` runs no handler, and always requires tokens.
             workers: d.workers,
             worker_queue: d.worker_queue,
@@ -315,7 +355,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let drain_limit = config.shutdown_timeout + SHUTDOWN_GRACE;
 
     let handle = Gateway::start(config)?;
-    announce(handle.local_addr());
+    announce(handle.local_addr(), handle.admin_addr());
 
     let Some(signal) = signals.forever().next() else {
         return Err(Failure::Runtime("the signal iterator ended without a signal".into()));
@@ -343,10 +383,12 @@ fn signal_name(signal: i32) -> &'static str {
     signal_hook::low_level::signal_name(signal).unwrap_or("a signal")
 }
 
-/// The one line on stdout, for scripts that started the gateway on port 0.
-fn announce(addr: SocketAddr) {
+/// The lines on stdout, for scripts that started the gateway on port 0: the listen address
+/// first (tests and the stress tooling read it), then the admin address when it is on.
+fn announce(addr: SocketAddr, admin: Option<SocketAddr>) {
     let mut out = std::io::stdout().lock();
-    if let Err(e) = writeln!(out, "msggate listening on {addr}").and_then(|()| out.flush()) {
+    let admin = admin.map(|a| format!("msggate admin listening on {a}\n")).unwrap_or_default();
+    if let Err(e) = write!(out, "msggate listening on {addr}\n{admin}").and_then(|()| out.flush()) {
         log::warn!("cannot write the listen address to stdout: {e}");
     }
 }

@@ -478,6 +478,7 @@ impl Reactor {
                 continue;
             }
             entry.insert(Conn::start(stream, key, &self.ctx));
+            self.ctx.mailbox.owned(1);
             self.io(key, true, true); // the request may already be waiting
         }
     }
@@ -575,6 +576,7 @@ impl Reactor {
     /// Drops connection `key`: its socket closes, and a session is marked ended and unregistered.
     fn finish(&mut self, key: usize, why: End) {
         let conn = self.conns.remove(key);
+        self.ctx.mailbox.owned(-1);
         let metrics = &self.ctx.shared.metrics;
         add(&metrics.connections, -1);
         let who = LazyWho(conn.session.as_deref());
