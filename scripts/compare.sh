@@ -41,7 +41,7 @@ start_server() {
   local name=$1 log=$2
   case $name in
     msggate-io*)
-      "$MSGGATE" serve --listen 127.0.0.1:0 --secret "$SECRET" --io-threads "${name#msggate-io}" \
+      "$MSGGATE" serve --listen 127.0.0.1:0 --no-admin --secret "$SECRET" --io-threads "${name#msggate-io}" \
         --log-level warn >"$log.out" 2>"$log.err" &
       PID=$!; local file=$log.out pattern='msggate listening on ' ;;
     tokio-relay)
