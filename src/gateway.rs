@@ -8,7 +8,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -39,15 +39,25 @@ use crate::worker;
 pub struct Gateway;
 
 /// A running gateway. Cheap to clone, `Send + Sync`; the gateway stops when
-/// [`GatewayHandle::shutdown`] is called or the last clone is dropped, and either way every
-/// thread is joined (except the calling one, when that is one of the gateway's own workers).
+/// [`GatewayHandle::shutdown`] is called or the last clone of the handle `Gateway::start`
+/// returned is dropped, and either way every thread is joined (except the calling one, when
+/// that is one of the gateway's own threads). The handles the gateway gives its own threads
+/// and a handler ([`crate::Session::gateway`]) work the same but do not keep it running.
 #[derive(Clone)]
 pub struct GatewayHandle {
     inner: Arc<Inner>,
+    /// `None` for the gateway's own threads' handles: they never run the last-drop shutdown.
+    _owner: Option<Arc<Owner>>,
 }
 
-/// What worker threads hold: a gateway they do not keep alive.
-pub(crate) type WeakGateway = Weak<Inner>;
+/// Shuts the gateway down when the last owning handle is dropped, on that caller's thread.
+struct Owner(Arc<Inner>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0.shutdown();
+    }
+}
 
 pub(crate) struct Inner {
     shared: Arc<Shared>,
@@ -299,8 +309,10 @@ impl Gateway {
             admin_addr: admin.as_ref().map(crate::admin::Bound::addr),
             admin: Mutex::new(None),
         };
-        // From here on, an error drops `inner`, whose Drop stops and joins what was started.
+        // From here on, an error drops `owner`, which stops and joins what was started.
         let inner = Arc::new(inner);
+        let owner = Arc::new(Owner(inner.clone()));
+        let internal = || GatewayHandle { inner: inner.clone(), _owner: None };
         let spawn = |name: String, f: Box<dyn FnOnce() + Send>| -> Result<()> {
             let handle =
                 std::thread::Builder::new().name(name.clone()).spawn(f).map_err(Error::io("spawning a thread"))?;
@@ -345,8 +357,7 @@ impl Gateway {
         if let Some(handler) = &handler {
             for (id, queue) in worker_rxs.into_iter().enumerate() {
                 let name = name(&format!("worker-{id}"));
-                let weak = Arc::downgrade(&inner);
-                let handle = worker::spawn(id, queue, handler.clone(), shared.clone(), weak, name.clone())?;
+                let handle = worker::spawn(id, queue, handler.clone(), shared.clone(), internal(), name.clone())?;
                 inner.own.lock().push(handle.thread().id());
                 inner.workers.lock().push((name, handle));
             }
@@ -359,7 +370,7 @@ impl Gateway {
         })?;
         inner.watch.lock().dog = Some(dog);
         if let Some(bound) = admin {
-            let running = bound.spawn(Arc::downgrade(&inner), config.admin_token.clone(), name("admin"))?;
+            let running = bound.spawn(internal(), config.admin_token.clone(), name("admin"))?;
             *inner.admin.lock() = Some(running);
         }
 
@@ -373,7 +384,7 @@ impl Gateway {
             config.max_message_size,
             config.max_connections
         );
-        Ok(GatewayHandle { inner })
+        Ok(GatewayHandle { inner, _owner: Some(owner) })
     }
 }
 
@@ -457,8 +468,15 @@ impl GatewayHandle {
         if let Some(bad) = users.iter().find(|u| u.as_ref().is_empty()) {
             return Err(Error::BadRequest(format!("empty user id {:?}", bad.as_ref())));
         }
-        let frame = Utf8Bytes::from(protocol::push_frame_raw(raw));
         let shared = &self.inner.shared;
+        let max = shared.config.max_message_size;
+        if raw.get().len() > max {
+            // Larger than a client may send, and possibly than a session's whole budget: it
+            // would close healthy recipients as slow consumers.
+            let len = raw.get().len();
+            return Err(Error::BadRequest(format!("the message is {len} bytes, over max_message_size ({max})")));
+        }
+        let frame = Utf8Bytes::from(protocol::push_frame_raw(raw));
         let mut targets = Vec::new();
         Ok(users
             .iter()
@@ -516,10 +534,6 @@ impl GatewayHandle {
     /// Each handler worker's queue: (jobs waiting, capacity). Empty without a handler.
     pub fn worker_depths(&self) -> Vec<(usize, usize)> {
         self.inner.worker_queues.iter().map(|q| (q.len(), q.capacity().unwrap_or(0))).collect()
-    }
-
-    pub(crate) fn upgrade(weak: &WeakGateway) -> Option<GatewayHandle> {
-        weak.upgrade().map(|inner| GatewayHandle { inner })
     }
 
     /// Sessions in the registry, counted by walking it (the `registry_sessions` gauge, checked).
@@ -638,6 +652,7 @@ impl Inner {
 }
 
 impl Drop for Inner {
+    /// Only a safety net: an `Owner` shuts the gateway down first whenever one was created.
     fn drop(&mut self) {
         self.shutdown();
     }

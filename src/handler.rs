@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tungstenite::Utf8Bytes;
 
-use crate::gateway::{GatewayHandle, WeakGateway};
+use crate::gateway::GatewayHandle;
 use crate::mailbox::{ConnId, NotDelivered, SessionHandle};
 use crate::policy::Platform;
 use crate::protocol::codes;
@@ -201,7 +201,7 @@ where
 #[derive(Clone)]
 pub struct Session {
     pub(crate) handle: Arc<SessionHandle>,
-    pub(crate) gateway: WeakGateway,
+    pub(crate) gateway: GatewayHandle,
 }
 
 impl Session {
@@ -225,11 +225,11 @@ impl Session {
         self.handle.background.load(Relaxed)
     }
 
-    /// The gateway, to push to other users, kick or ask who is online; `None` once it is
-    /// stopping because its last handle was dropped. Keep the handle only for the call: a
-    /// handler that stores one keeps the gateway alive until `shutdown()` is called on it.
-    pub fn gateway(&self) -> Option<GatewayHandle> {
-        GatewayHandle::upgrade(&self.gateway)
+    /// The gateway, to push to other users, kick or ask who is online. This handle does not
+    /// keep the gateway running: when the embedding service drops the last handle it got from
+    /// `Gateway::start_with`, the gateway stops, and calls through this one find nobody online.
+    pub fn gateway(&self) -> &GatewayHandle {
+        &self.gateway
     }
 
     /// Sends a text frame to this session besides the reply, without blocking. It fails for

@@ -18,7 +18,7 @@ use tungstenite::Utf8Bytes;
 
 use crate::dispatch::{push_now, relay_to};
 use crate::error::{Error, Result};
-use crate::gateway::WeakGateway;
+use crate::gateway::GatewayHandle;
 use crate::handler::{Frame, Handler, Msg, Reply, Request, Session};
 use crate::mailbox::{CloseOrder, Out, ReplyError, SessionHandle};
 use crate::metrics::{inc, Metrics};
@@ -113,7 +113,7 @@ pub(crate) fn spawn(
     queue: Receiver<Job>,
     handler: Arc<dyn Handler>,
     shared: Arc<Shared>,
-    gateway: WeakGateway,
+    gateway: GatewayHandle,
     name: String,
 ) -> Result<JoinHandle<()>> {
     std::thread::Builder::new()
@@ -129,9 +129,10 @@ pub(crate) fn spawn(
 
 struct Worker {
     handler: Arc<dyn Handler>,
-    /// What the gateway's threads share; it does not keep the gateway running.
+    /// What the gateway's threads share.
     shared: Arc<Shared>,
-    gateway: WeakGateway,
+    /// A handle that does not keep the gateway running, for the handler's `Session`s.
+    gateway: GatewayHandle,
     id: usize,
     next_id: u64,
     targets: Vec<Arc<SessionHandle>>,

@@ -53,6 +53,9 @@ fn http(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)], 
     if let Some(body) = body {
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
+    if method == "POST" && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+        head.push_str("Content-Type: application/json\r\n");
+    }
     head.push_str("\r\n");
     s.write_all(head.as_bytes()).unwrap();
     if let Some(body) = body {
@@ -523,5 +526,68 @@ fn admin_cli_serve_prints_the_admin_line_and_answers() {
         let out = refused.finish_within(PATIENCE);
         assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
         assert!(out.stderr.contains("admin_token"), "{}", out.stderr);
+    });
+}
+
+#[test]
+fn admin_refuses_cross_site_posts_ambiguous_lengths_and_messages_over_max_message_size() {
+    watchdog(LIMIT, || {
+        let (gw, admin) = start_admin(|_| {});
+        let mut bob = Client::connect(gw.local_addr(), "bob", 1);
+        let body = br#"{"userIDs":["bob"],"data":{"content":"x"}}"#;
+        // A browser's "simple" cross-site POST (no preflight) cannot reach /push or /kick.
+        http(admin, "POST", "/push", &[("Content-Type", "text/plain")], Some(body)).assert_error(415, 415);
+        for lengths in [&[("Content-Length", "5"), ("Content-Length", "5")][..], &[("Content-Length", "+5")][..]] {
+            let r = http(admin, "POST", "/push", lengths, None);
+            assert_eq!(r.status, 400, "{lengths:?}: {r:?}");
+        }
+        // A message a client could not send is not pushed either; nobody is closed for it.
+        let big = json!({"userIDs": ["bob"], "data": {"content": "y".repeat(60 * 1024)}});
+        post(admin, "/push", &big).assert_error(413, 413);
+        let ok = post(admin, "/push", &json!({"userIDs": ["bob"], "data": {"content": "small"}}));
+        assert_eq!(ok.status, 200, "{ok:?}");
+        assert_eq!(bob.await_push()["content"], "small", "bob is still connected and served");
+        assert_eq!(gw.stats().slow_consumer_closes, 0);
+        gw.shutdown();
+    });
+}
+
+#[test]
+fn admin_silent_connections_do_not_hold_up_healthz() {
+    watchdog(LIMIT, || {
+        let (gw, admin) = start_admin(|_| {});
+        // Each would hold a one-at-a-time server for its whole 3 s deadline: three of them
+        // would push /healthz past this client's read timeout.
+        let silent: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect_timeout(&admin, STEP).unwrap()).collect();
+        let r = get(admin, "/healthz");
+        assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
+        drop(silent);
+        gw.shutdown();
+    });
+}
+
+#[test]
+fn dropping_the_last_handle_stops_the_gateway_even_while_the_admin_api_is_busy() {
+    watchdog(LIMIT, || {
+        for _ in 0..10 {
+            let (gw, admin) = start_admin(|_| {});
+            let ws = gw.local_addr();
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let spam = {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let Ok(mut s) = TcpStream::connect_timeout(&admin, STEP) else { return };
+                        let _ = s.set_read_timeout(Some(STEP));
+                        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n");
+                        let _ = s.read_to_end(&mut Vec::new());
+                    }
+                })
+            };
+            drop(gw); // the caller's drop runs the whole shutdown before it returns
+            assert!(TcpStream::connect_timeout(&ws, STEP).is_err(), "the gateway still listens after the last drop");
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            spam.join().unwrap();
+        }
     });
 }

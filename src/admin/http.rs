@@ -16,6 +16,8 @@ pub(crate) const MAX_HEAD: usize = 16 * 1024;
 pub(crate) const MAX_BODY: usize = 1 << 20;
 /// Time one connection may take from accept to the end of its request.
 pub(crate) const CONN_DEADLINE: Duration = Duration::from_secs(3);
+/// Longest wait for the client to close after the response.
+const LINGER: Duration = Duration::from_millis(250);
 /// How often a blocked read looks at the stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(50);
 
@@ -110,9 +112,15 @@ pub(crate) fn read_request<S: Read + Write>(s: &mut S) -> Result<Request, Refusa
     if req.header("transfer-encoding").is_some() {
         return Err(answer(411, "send the body with Content-Length, not Transfer-Encoding"));
     }
+    if req.headers.iter().filter(|(k, _)| k == "content-length").count() > 1 {
+        return Err(answer(400, "more than one Content-Length"));
+    }
     let len = match req.header("content-length") {
         None => 0,
-        Some(v) => v.parse::<u64>().map_err(|_| answer(400, format!("bad Content-Length {v:?}")))?,
+        Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+            v.parse::<u64>().map_err(|_| answer(413, format!("Content-Length {v} is too large")))?
+        }
+        Some(v) => return Err(answer(400, format!("bad Content-Length {v:?}"))),
     };
     if len > MAX_BODY as u64 {
         return Err(answer(413, format!("request body larger than {MAX_BODY} bytes")));
@@ -209,6 +217,7 @@ impl Deadline<'_> {
     /// flight) until it closes, the deadline passes or a few MiB have gone.
     pub(crate) fn linger(&mut self) {
         let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        self.deadline = self.deadline.min(Instant::now() + LINGER);
         let mut sink = [0u8; 16 * 1024];
         let mut budget = 4 * MAX_BODY;
         while budget > 0 {
@@ -329,7 +338,9 @@ mod tests {
     #[test]
     fn refuses_what_it_cannot_bound_or_parse() {
         assert_eq!(status(format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1).as_bytes()), 413);
-        assert_eq!(status(b"POST / HTTP/1.1\r\nContent-Length: 1000000000000000000000\r\n\r\n"), 400);
+        assert_eq!(status(b"POST / HTTP/1.1\r\nContent-Length: 1000000000000000000000\r\n\r\n"), 413);
+        assert_eq!(status(b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\nabcde"), 400);
+        assert_eq!(status(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nabcde"), 400);
         assert_eq!(status(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"), 411);
         assert_eq!(status(b"GET /\r\n\r\n"), 400);
         assert_eq!(status(b"GET / HTTP/1.1\r\nno colon\r\n\r\n"), 400);

@@ -1,11 +1,12 @@
-//! The admin HTTP API: one thread serving `/healthz`, `/metrics`, `/debug/roles`, `/online`,
-//! `/push` and `/kick` for one gateway (`docs/ADMIN.md`).
+//! The admin HTTP API: one accepting thread, and a short-lived thread per connection (at most
+//! [`MAX_CONNS`]), serving `/healthz`, `/metrics`, `/debug/roles`, `/online`, `/push` and
+//! `/kick` for one gateway (`docs/ADMIN.md`).
 //!
-//! Owns the admin thread, routing, bearer-token auth, request and response JSON, and the JSON
-//! errors. It must not keep the gateway alive (it holds a [`WeakGateway`] and upgrades it per
-//! request), must not block on a gateway queue (it calls only non-blocking [`GatewayHandle`]
-//! methods), and must not be waited on by any gateway thread: nobody sends to it, and its
-//! only lock-free link back is the stop flag and `mio` waker shutdown uses.
+//! Owns the admin threads, routing, bearer-token auth, request and response JSON, and the JSON
+//! errors. It must not keep the gateway running (its [`GatewayHandle`] is a non-owning one),
+//! must not block on a gateway queue (it calls only non-blocking [`GatewayHandle`] methods),
+//! and must not be waited on by any gateway thread: nobody sends to it, and its only link back
+//! is the stop flag and `mio` waker shutdown uses.
 
 mod exposition;
 mod http;
@@ -23,7 +24,7 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::gateway::{GatewayHandle, WeakGateway};
+use crate::gateway::GatewayHandle;
 use crate::policy::Platform;
 use crate::protocol::codes;
 use crate::watchdog::Health;
@@ -33,6 +34,8 @@ use http::{Deadline, Refusal, Request, Response};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
+/// Connections served at once (one thread each); more get an immediate 503.
+const MAX_CONNS: usize = 16;
 /// Most user ids one request may name.
 const MAX_USERS: usize = 10_000;
 
@@ -73,13 +76,13 @@ impl Bound {
     }
 
     /// Starts the admin thread for `gateway`.
-    pub(crate) fn spawn(self, gateway: WeakGateway, token: Option<String>, name: String) -> Result<Admin> {
+    pub(crate) fn spawn(self, gateway: GatewayHandle, token: Option<String>, name: String) -> Result<Admin> {
         let stop = Arc::new(AtomicBool::new(false));
         let waker = self.waker.clone();
-        let ctx = Ctx { gateway, token_digest: token.map(|t| digest(&t)), stop: stop.clone() };
+        let ctx = Arc::new(Ctx { gateway, token_digest: token.map(|t| digest(&t)), stop: stop.clone() });
         let thread = std::thread::Builder::new()
             .name(name)
-            .spawn(move || serve(self, &ctx))
+            .spawn(move || serve(self, ctx))
             .map_err(Error::io("spawning the admin thread"))?;
         Ok(Admin { stop, waker, thread: Some(thread) })
     }
@@ -102,16 +105,21 @@ impl Admin {
     }
 }
 
-/// What the admin thread knows: a gateway it does not keep alive, and the token's digest.
+/// What the admin thread knows: a gateway handle that does not keep it running, and the
+/// token's digest.
 struct Ctx {
-    gateway: WeakGateway,
+    gateway: GatewayHandle,
     token_digest: Option<[u8; 32]>,
     stop: Arc<AtomicBool>,
 }
 
-fn serve(mut bound: Bound, ctx: &Ctx) {
+fn serve(mut bound: Bound, ctx: Arc<Ctx>) {
     log::info!("msggate admin API listening on {}", bound.addr);
     let mut events = Events::with_capacity(8);
+    // One short-lived thread per connection, at most MAX_CONNS at once: a silent client holds
+    // only its own thread (for up to CONN_DEADLINE), never `/healthz` for everyone else.
+    let mut conns: Vec<JoinHandle<()>> = Vec::new();
+    let conn_name = format!("{}-conn", std::thread::current().name().unwrap_or("msggate-admin"));
     while !ctx.stop.load(Acquire) {
         if let Err(e) = bound.poll.poll(&mut events, None) {
             if e.kind() == std::io::ErrorKind::Interrupted {
@@ -123,7 +131,20 @@ fn serve(mut bound: Bound, ctx: &Ctx) {
         // Edge-triggered: accept until the listener is empty.
         while !ctx.stop.load(Acquire) {
             match bound.listener.accept() {
-                Ok((stream, _)) => connection(stream.into(), ctx),
+                Ok((stream, _)) => {
+                    conns.retain(|c| !c.is_finished());
+                    if conns.len() >= MAX_CONNS {
+                        busy(stream.into());
+                        continue;
+                    }
+                    let (ctx, stream) = (ctx.clone(), stream.into());
+                    match std::thread::Builder::new().name(conn_name.clone()).spawn(move || connection(stream, &ctx)) {
+                        Ok(c) => conns.push(c),
+                        Err(e) => {
+                            crate::throttle::log_throttled!(log::Level::Warn, "admin: no thread for a connection: {e}")
+                        }
+                    }
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     crate::throttle::log_throttled!(log::Level::Warn, "admin accept failed: {e}");
@@ -132,7 +153,21 @@ fn serve(mut bound: Bound, ctx: &Ctx) {
             }
         }
     }
+    // Connections see the stop flag within 50 ms.
+    for c in conns {
+        let _ = c.join();
+    }
     log::debug!("admin API on {} stopped", bound.addr);
+}
+
+/// Over [`MAX_CONNS`]: a canned 503, written without waiting, and the socket closed.
+fn busy(stream: std::net::TcpStream) {
+    let body = r#"{"errCode":503,"errMsg":"too many admin connections, try again"}"#;
+    let resp = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = std::io::Write::write(&mut &stream, resp.as_bytes()); // non-blocking: best effort
 }
 
 /// One connection: one request, one response, close. Never panics on input; a panic anyway (a
@@ -153,6 +188,7 @@ fn connection(stream: std::net::TcpStream, ctx: &Ctx) {
         }
     };
     let bytes = response.to_bytes();
+    conn.deadline = Instant::now() + http::CONN_DEADLINE; // the answer gets its own time
     if let Err(e) = std::io::Write::write_all(&mut conn, &bytes) {
         log::debug!("admin: cannot write a response: {e}");
         return;
@@ -186,17 +222,21 @@ fn route(req: &Request, ctx: &Ctx) -> Response {
         r.headers.push(("Allow", method.into()));
         return r;
     }
-    let Some(gateway) = GatewayHandle::upgrade(&ctx.gateway) else {
-        // The last handle is gone: the gateway's `Drop` is shutting it down.
-        return if path == "/healthz" { text(503, "shutting down\n") } else { error(503, "shutting down") };
-    };
+    // A browser page can send a "simple" cross-site POST (text/plain, no preflight); it cannot
+    // send application/json without a preflight this server never answers.
+    if method == "POST"
+        && !req.header("content-type").is_some_and(|t| t.to_ascii_lowercase().starts_with("application/json"))
+    {
+        return error(415, &format!("{path} takes Content-Type: application/json"));
+    }
+    let gateway = &ctx.gateway;
     let result = match path {
-        "/healthz" => return healthz(&gateway),
-        "/metrics" => return metrics(&gateway),
-        "/debug/roles" => roles(&gateway),
-        "/online" => online(&gateway, &req.query),
-        "/push" => push(&gateway, &req.body),
-        "/kick" => kick(&gateway, &req.body),
+        "/healthz" => return healthz(gateway),
+        "/metrics" => return metrics(gateway),
+        "/debug/roles" => roles(gateway),
+        "/online" => online(gateway, &req.query),
+        "/push" => push(gateway, &req.body),
+        "/kick" => kick(gateway, &req.body),
         _ => Err((404, "no such endpoint".to_owned())),
     };
     match result {
@@ -449,6 +489,10 @@ fn push(gw: &GatewayHandle, body: &[u8]) -> Outcome {
     check_users(&req.user_ids)?;
     if !req.data.get().trim_start().starts_with('{') {
         return Err(bad("data must be a JSON object (the message, as OpenIM's MsgData)"));
+    }
+    let (len, max) = (req.data.get().len(), gw.config().max_message_size);
+    if len > max {
+        return Err((413, format!("data is {len} bytes, over max_message_size ({max})")));
     }
     let reports = gw.push_many_raw(&req.user_ids, &req.data).map_err(|e| bad(e.to_string()))?;
     let users: Vec<UserPush> = reports
