@@ -405,9 +405,19 @@ impl GatewayHandle {
         &self.inner.shared.config
     }
 
-    /// Counters and gauges right now.
+    /// Counters and gauges right now, with the role and queue states (queue depths, stalled
+    /// threads; [`GatewayHandle::health`] has every thread's row).
     pub fn stats(&self) -> Snapshot {
-        self.inner.shared.metrics.snapshot()
+        let mut s = self.inner.shared.metrics.snapshot();
+        let health = self.health();
+        let queue_of =
+            |suffix: &str| health.threads.iter().find(|t| t.name.ends_with(suffix)).map_or(0, |t| t.queue.len as i64);
+        s.register_queue_depth = queue_of("-register");
+        s.unregister_queue_depth = queue_of("-unregister");
+        s.stalled_threads = health.stalled().count() as i64;
+        s.inbox_depth = self.inner.mailboxes.iter().map(|m| m.inbox_len() as i64).sum();
+        s.worker_queue_depth = self.inner.worker_queues.iter().map(|q| q.len() as i64).sum();
+        s
     }
 
     /// The sessions of `user` in the registry: platform, connection id, background flag.

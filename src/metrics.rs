@@ -6,7 +6,8 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 macro_rules! metrics {
-    (counters { $($(#[doc = $cdoc:literal])* $c:ident,)* } gauges { $($(#[doc = $gdoc:literal])* $g:ident,)* }) => {
+    (counters { $($(#[doc = $cdoc:literal])* $c:ident,)* } gauges { $($(#[doc = $gdoc:literal])* $g:ident,)* }
+     derived { $($(#[doc = $ddoc:literal])* $d:ident,)* }) => {
         /// Live counters (monotonic) and gauges (up and down), shared by every thread of a gateway.
         #[derive(Debug, Default)]
         pub(crate) struct Metrics {
@@ -20,18 +21,24 @@ macro_rules! metrics {
         pub struct Snapshot {
             $($(#[doc = $cdoc])* pub $c: u64,)*
             $($(#[doc = $gdoc])* pub $g: i64,)*
+            $($(#[doc = $ddoc])* pub $d: i64,)*
         }
 
         impl Metrics {
             pub(crate) fn snapshot(&self) -> Snapshot {
-                Snapshot { $($c: self.$c.load(Relaxed),)* $($g: self.$g.load(Relaxed),)* }
+                // Derived gauges are read from the queues by `GatewayHandle::stats`.
+                Snapshot { $($c: self.$c.load(Relaxed),)* $($g: self.$g.load(Relaxed),)* $($d: 0,)* }
             }
         }
 
         impl Snapshot {
             /// Every field as `(name, value)`, counters first, for logs and exposition.
             pub fn fields(&self) -> Vec<(&'static str, i128)> {
-                vec![$((stringify!($c), i128::from(self.$c)),)* $((stringify!($g), i128::from(self.$g)),)*]
+                vec![
+                    $((stringify!($c), i128::from(self.$c)),)*
+                    $((stringify!($g), i128::from(self.$g)),)*
+                    $((stringify!($d), i128::from(self.$d)),)*
+                ]
             }
 
             /// Every field with its doc text and kind, counters first, for the Prometheus exposition.
@@ -39,6 +46,7 @@ macro_rules! metrics {
                 vec![
                     $(Field { name: stringify!($c), help: concat!($($cdoc),*), counter: true, value: i128::from(self.$c) },)*
                     $(Field { name: stringify!($g), help: concat!($($gdoc),*), counter: false, value: i128::from(self.$g) },)*
+                    $(Field { name: stringify!($d), help: concat!($($ddoc),*), counter: false, value: i128::from(self.$d) },)*
                 ]
             }
         }
@@ -155,6 +163,18 @@ metrics! {
         online_users,
         /// Presence subscriptions held (session, watched user) pairs, over every session.
         presence_subscriptions,
+    }
+    derived {
+        /// Register events waiting in the register role's queue (when the snapshot was taken).
+        register_queue_depth,
+        /// Unregister events waiting in the unregister role's queue.
+        unregister_queue_depth,
+        /// Frames, notices and replies waiting in the reactors' inboxes, summed.
+        inbox_depth,
+        /// Jobs waiting in the handler workers' queues, summed (0 without a handler).
+        worker_queue_depth,
+        /// Threads the stall watchdog reports stalled right now.
+        stalled_threads,
     }
 }
 

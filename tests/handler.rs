@@ -107,6 +107,8 @@ fn worker_queue_full_answers_server_busy_at_once() {
         assert!(busy["errMsg"].as_str().unwrap().contains("busy"));
         assert_eq!(gw.stats().worker_queue_full, 1);
         assert_eq!(gw.worker_depths(), vec![(1, 1)]);
+        let s = gw.stats();
+        assert_eq!((s.worker_queue_depth, s.stalled_threads), (1, 0), "stats carry the queue states");
 
         release.send(()).unwrap();
         assert_eq!(c.recv_until(|v| v["msgIncr"] == "r1")["errCode"], 0);
