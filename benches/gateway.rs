@@ -111,6 +111,15 @@ fn next_text(ws: &mut WebSocket<TcpStream>) -> String {
     }
 }
 
+/// One 1003 from `tx` to `rx`: the push arrives at `rx` and the ack at `tx`.
+fn relay_once(tx: &mut WebSocket<TcpStream>, rx: &mut WebSocket<TcpStream>) {
+    let frame = r#"{"reqIdentifier":1003,"sendID":"tx","operationID":"o","msgIncr":"1","data":{"recvID":"rx","clientMsgID":"c","contentType":101,"content":"hello, this is a benchmark message"}}"#;
+    tx.send(Message::text(frame)).unwrap();
+    let push = next_text(rx);
+    let ack = next_text(tx);
+    assert!(push.contains("\"reqIdentifier\":2001") && ack.contains("\"delivered\":1"));
+}
+
 fn relay_round_trip(c: &mut Criterion) {
     let gateway = Gateway::start(Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -125,15 +134,7 @@ fn relay_round_trip(c: &mut Criterion) {
     while gateway.registry_len() < 2 {
         std::thread::yield_now();
     }
-    let frame = r#"{"reqIdentifier":1003,"sendID":"tx","operationID":"o","msgIncr":"1","data":{"recvID":"rx","clientMsgID":"c","contentType":101,"content":"hello, this is a benchmark message"}}"#;
-    c.bench_function("relay round trip (1003 -> 2001 + ack, loopback)", |b| {
-        b.iter(|| {
-            tx.send(Message::text(frame)).unwrap();
-            let push = next_text(&mut rx);
-            let ack = next_text(&mut tx);
-            assert!(push.contains("\"reqIdentifier\":2001") && ack.contains("\"delivered\":1"));
-        })
-    });
+    c.bench_function("relay round trip (1003 -> 2001 + ack, loopback)", |b| b.iter(|| relay_once(&mut tx, &mut rx)));
     gateway.shutdown();
 }
 
@@ -181,14 +182,8 @@ fn handler_round_trip(c: &mut Criterion) {
             assert!(next_text(&mut tx).contains("\"reqIdentifier\":5000"));
         })
     });
-    let frame = r#"{"reqIdentifier":1003,"sendID":"tx","operationID":"o","msgIncr":"1","data":{"recvID":"rx","clientMsgID":"c","contentType":101,"content":"hello, this is a benchmark message"}}"#;
     c.bench_function("observed relay round trip (1003 -> worker -> 2001 + ack, loopback)", |b| {
-        b.iter(|| {
-            tx.send(Message::text(frame)).unwrap();
-            let push = next_text(&mut rx);
-            let ack = next_text(&mut tx);
-            assert!(push.contains("\"reqIdentifier\":2001") && ack.contains("\"delivered\":1"));
-        })
+        b.iter(|| relay_once(&mut tx, &mut rx))
     });
     gateway.shutdown();
 }

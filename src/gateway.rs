@@ -358,7 +358,6 @@ impl Gateway {
             for (id, queue) in worker_rxs.into_iter().enumerate() {
                 let name = name(&format!("worker-{id}"));
                 let handle = worker::spawn(id, queue, handler.clone(), shared.clone(), internal(), name.clone())?;
-                inner.own.lock().push(handle.thread().id());
                 inner.workers.lock().push((name, handle));
             }
         }
@@ -544,6 +543,12 @@ impl GatewayHandle {
     /// Each handler worker's queue: (jobs waiting, capacity). Empty without a handler.
     pub fn worker_depths(&self) -> Vec<(usize, usize)> {
         self.inner.worker_queues.iter().map(|q| (q.len(), q.capacity().unwrap_or(0))).collect()
+    }
+
+    /// Records the calling thread as one of this gateway's own (a worker does, before it runs
+    /// any handler), so a shutdown it calls never waits on the shutdown that joins it.
+    pub(crate) fn note_own_thread(&self) {
+        self.inner.own.lock().push(std::thread::current().id());
     }
 
     /// Sessions in the registry, counted by walking it (the `registry_sessions` gauge, checked).

@@ -42,8 +42,8 @@ pub enum Claim {
 /// so they are handled in the order they arrived. When that worker's queue
 /// (`Config::worker_queue`) is full the client gets errCode 503 "server busy" at once.
 /// Connect and disconnect events travel in the same queue; one that finds it full waits, in
-/// order, in its reactor's event backlog (requests from that reactor are answered "busy" until
-/// the backlog is empty, so a session's connect always precedes its requests). Shutdown hands
+/// order, in its reactor's event backlog for that worker (requests for that worker are answered
+/// "busy" until it is empty, so a session's connect always precedes its requests). Shutdown hands
 /// the backlog over before it stops, so every `on_connect` gets its `on_disconnect`.
 ///
 /// ```

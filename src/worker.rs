@@ -92,10 +92,19 @@ impl Pool {
     /// Hands `job` to its session's worker (always the same one, so a session's jobs keep
     /// their order). A full (or gone) queue hands it back: the caller answers "busy".
     pub(crate) fn try_send(&self, job: Job) -> Result<(), Job> {
-        let worker = (job.session().conn % self.queues.len() as u64) as usize;
-        self.queues[worker].try_send(job).map_err(|e| match e {
+        self.queues[self.worker_of(&job)].try_send(job).map_err(|e| match e {
             TrySendError::Full(job) | TrySendError::Disconnected(job) => job,
         })
+    }
+
+    /// The worker that serves `job`'s session.
+    pub(crate) fn worker_of(&self, job: &Job) -> usize {
+        (job.session().conn % self.queues.len() as u64) as usize
+    }
+
+    /// Workers in the pool.
+    pub(crate) fn len(&self) -> usize {
+        self.queues.len()
     }
 }
 
@@ -119,6 +128,8 @@ pub(crate) fn spawn(
     std::thread::Builder::new()
         .name(name)
         .spawn(move || {
+            // First, before any handler can run and call shutdown from here.
+            gateway.note_own_thread();
             let mut worker = Worker { handler, shared, gateway, next_id: 0, id, targets: Vec::new() };
             for job in queue.iter() {
                 worker.run(job);

@@ -500,3 +500,54 @@ fn a_handler_reply_larger_than_the_outbound_budget_is_a_500_not_a_slow_consumer_
         gw.shutdown();
     });
 }
+
+/// `on_connect` blocks for even connection ids (worker 0 of 2) until released; serves 5000.
+struct SlowEvenConnects {
+    connected: Mutex<mpsc::Sender<u64>>,
+    release: Mutex<mpsc::Receiver<()>>,
+}
+
+impl Handler for SlowEvenConnects {
+    fn claim(&self, req_identifier: i32) -> Claim {
+        if req_identifier == SLOW {
+            Claim::Handler
+        } else {
+            Claim::Gateway
+        }
+    }
+    fn on_request(&self, _s: &Session, _req: &Request) -> Reply {
+        Reply::ok()
+    }
+    fn on_connect(&self, s: &Session) {
+        if s.conn().is_multiple_of(2) {
+            let _ = self.release.lock().unwrap().recv_timeout(4 * STEP);
+        }
+        self.connected.lock().unwrap().send(s.conn()).unwrap();
+    }
+}
+
+#[test]
+fn a_slow_worker_does_not_make_requests_for_other_workers_busy() {
+    watchdog(6 * STEP, || {
+        let (connected_tx, connected) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        let handler = SlowEvenConnects { connected: Mutex::new(connected_tx), release: Mutex::new(release_rx) };
+        let cfg = Config { io_threads: 1, workers: 2, worker_queue: 1, ..config() };
+        let gw = Gateway::start_with(cfg, handler).unwrap();
+        // Connections 1..=6: worker 0 blocks on 2, holds 4 in its queue and 6 in the reactor's
+        // backlog for it; worker 1 takes 1, 3 and 5.
+        let mut clients: Vec<Client> = (1..=6).map(|i| Client::connect(gw.local_addr(), &format!("u{i}"), 1)).collect();
+        let mut odd: Vec<u64> = (0..3).map(|_| connected.recv_timeout(STEP).unwrap()).collect();
+        odd.sort();
+        assert_eq!(odd, [1, 3, 5], "worker 1 is not held up by worker 0");
+        let conn1 = gw.sessions("u1")[0].conn;
+        assert_eq!(conn1 % 2, 1);
+        request(&mut clients[0], SLOW, "free", Value::Null);
+        let reply = clients[0].recv_until(|v| v["msgIncr"] == "free");
+        assert_eq!(reply["errCode"], 0, "a request for the idle worker is served: {reply}");
+        for _ in 0..3 {
+            release.send(()).unwrap();
+        }
+        gw.shutdown();
+    });
+}

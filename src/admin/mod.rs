@@ -126,7 +126,7 @@ fn serve(mut bound: Bound, ctx: Arc<Ctx>) {
                 continue;
             }
             log::error!("admin poll failed, the admin API stops: {e}");
-            return;
+            break;
         }
         // Edge-triggered: accept until the listener is empty.
         while !ctx.stop.load(Acquire) {

@@ -23,7 +23,7 @@ use super::Ctx;
 use crate::admission::{admit, admit_open, Identity, Rejection};
 use crate::dispatch::Action;
 use crate::handler::Frame;
-use crate::mailbox::{CloseOrder, ConnId, Out, SessionHandle};
+use crate::mailbox::{CloseOrder, Out, SessionHandle};
 use crate::metrics::{add, inc};
 use crate::protocol;
 use crate::throttle::log_throttled;
@@ -185,11 +185,6 @@ impl Conn {
             in_flight: 0,
             close_when_answered: false,
         }
-    }
-
-    /// The session's connection id, once authenticated.
-    pub(crate) fn conn_id(&self) -> Option<ConnId> {
-        self.session.as_ref().map(|s| s.conn)
     }
 
     pub(crate) fn is_handshaking(&self) -> bool {
@@ -475,7 +470,7 @@ impl Conn {
     /// request; for a raw frame, which has no envelope to carry it, close 1013.
     fn hand_over(&mut self, ctx: &mut Ctx, job: Job) -> Next {
         let Some(pool) = &ctx.pool else { return Next::End(End::Bug("work without a worker pool".into())) };
-        let sent = if ctx.events_waiting() { Err(job) } else { pool.try_send(job) };
+        let sent = if ctx.events_waiting(&job) { Err(job) } else { pool.try_send(job) };
         match sent {
             Ok(()) => {
                 self.in_flight += 1;

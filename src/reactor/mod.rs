@@ -23,7 +23,7 @@ use tungstenite::protocol::WebSocketConfig;
 
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
-use crate::mailbox::{Delivery, Mailbox, SessionHandle};
+use crate::mailbox::{ConnId, Delivery, Mailbox, SessionHandle};
 use crate::metrics::{add, inc, Metrics};
 use crate::presence::Presence;
 use crate::registry::Registry;
@@ -124,8 +124,9 @@ pub(crate) struct Ctx {
     unregister: RoleSender,
     register_backlog: VecDeque<Arc<SessionHandle>>,
     unregister_backlog: VecDeque<Arc<SessionHandle>>,
-    /// Connect and disconnect events waiting for room in a worker's queue, in order.
-    event_backlog: VecDeque<Job>,
+    /// Connect and disconnect events waiting for room in a worker's queue, in order, one
+    /// backlog per worker (a slow worker holds up only its own sessions' events and requests).
+    event_backlog: Vec<VecDeque<Job>>,
     /// Connections with output queued this turn.
     pub(crate) dirty: Vec<usize>,
     /// Connections that stopped reading at a batch limit with input left.
@@ -155,52 +156,58 @@ impl Ctx {
     }
 
     /// Hands a connect or disconnect event to the pool. A full queue keeps it (and every later
-    /// one, in order) in the reactor's event backlog, retried every turn; past
-    /// [`EVENT_BACKLOG`] events it is dropped, counted and logged. Returns whether it is
-    /// queued or kept.
+    /// one for that worker, in order) in the reactor's backlog for that worker, retried every
+    /// turn; past [`EVENT_BACKLOG`] events it is dropped, counted and logged. Returns whether
+    /// it is queued or kept.
     pub(crate) fn event(&mut self, job: Job) -> bool {
         let Some(pool) = &self.pool else { return false };
-        if self.event_backlog.is_empty() {
+        let w = pool.worker_of(&job);
+        if self.event_backlog.len() < pool.len() {
+            self.event_backlog.resize_with(pool.len(), VecDeque::new);
+        }
+        let job = if self.event_backlog[w].is_empty() {
             match pool.try_send(job) {
                 Ok(()) => return true,
-                Err(job) => return self.keep_event(job),
+                Err(job) => job,
             }
-        }
-        self.keep_event(job)
-    }
-
-    fn keep_event(&mut self, job: Job) -> bool {
-        if self.event_backlog.len() >= EVENT_BACKLOG {
+        } else {
+            job
+        };
+        if self.event_backlog[w].len() >= EVENT_BACKLOG {
             inc(&self.shared.metrics.handler_events_dropped);
-            log_throttled!(
-                log::Level::Warn,
-                "{job:?} dropped: the handler's workers are {EVENT_BACKLOG} events behind"
-            );
+            log_throttled!(log::Level::Warn, "{job:?} dropped: its worker is {EVENT_BACKLOG} events behind");
             return false;
         }
-        self.event_backlog.push_back(job);
+        self.event_backlog[w].push_back(job);
         true
     }
 
-    /// Hands over as many kept events as the workers' queues take.
+    /// Hands over as many kept events as the workers' queues take, each worker's in order.
     fn retry_events(&mut self) {
         let Some(pool) = &self.pool else { return };
-        while let Some(job) = self.event_backlog.pop_front() {
-            if let Err(job) = pool.try_send(job) {
-                self.event_backlog.push_front(job);
-                return;
+        for lane in &mut self.event_backlog {
+            while let Some(job) = lane.pop_front() {
+                if let Err(job) = pool.try_send(job) {
+                    lane.push_front(job);
+                    break;
+                }
             }
         }
     }
 
-    /// Whether a request may go to the pool now: not while events wait (they go first, so a
-    /// session's connect event always precedes its requests).
-    pub(crate) fn events_waiting(&self) -> bool {
-        !self.event_backlog.is_empty()
+    /// Whether `job` must wait: events for its worker wait (they go first, so a session's
+    /// connect event always precedes its requests).
+    pub(crate) fn events_waiting(&self, job: &Job) -> bool {
+        let Some(pool) = &self.pool else { return false };
+        self.event_backlog.get(pool.worker_of(job)).is_some_and(|lane| !lane.is_empty())
+    }
+
+    fn events_kept(&self) -> usize {
+        self.event_backlog.iter().map(VecDeque::len).sum()
     }
 
     fn backlog_len(&self) -> usize {
-        self.register_backlog.len() + self.unregister_backlog.len() + self.event_backlog.len()
+        self.register_backlog.len() + self.unregister_backlog.len() + self.events_kept()
     }
 }
 
@@ -313,7 +320,7 @@ impl Reactor {
                 unregister: queues.unregister,
                 register_backlog: VecDeque::new(),
                 unregister_backlog: VecDeque::new(),
-                event_backlog: VecDeque::new(),
+                event_backlog: Vec::new(),
                 dirty: Vec::new(),
                 ready: Vec::new(),
                 pool: queues.pool,
@@ -354,7 +361,7 @@ impl Reactor {
         self.beacon.doing(doing::SHUTDOWN);
         // The same for the handler's disconnect events: workers wait on no reactor, though one
         // may be busy in a slow handler, which the deadline bounds.
-        let waiting = |ctx: &Ctx| ctx.unregister_backlog.len() + ctx.event_backlog.len();
+        let waiting = |ctx: &Ctx| ctx.unregister_backlog.len() + ctx.events_kept();
         while waiting(&self.ctx) > 0 && Instant::now() < deadline {
             self.ctx.retry_backlogs();
             self.beacon.backlog(waiting(&self.ctx));
@@ -367,8 +374,8 @@ impl Reactor {
                 self.ctx.unregister_backlog.len()
             );
         }
-        if !self.ctx.event_backlog.is_empty() {
-            let dropped = self.ctx.event_backlog.len();
+        if self.ctx.events_kept() > 0 {
+            let dropped = self.ctx.events_kept();
             log::warn!(
                 "reactor {id}: {dropped} handler events dropped at shutdown: the workers did not take them in time"
             );
@@ -487,57 +494,43 @@ impl Reactor {
     fn drain_inbox(&mut self) {
         for _ in 0..INBOX_BATCH {
             let Ok(delivery) = self.inbox.try_recv() else { return };
+            // Each item is for session `conn` in slot `token`; a slot since reused is skipped.
             match delivery {
                 Delivery::Frame { token, conn, frame } => {
-                    let Some(c) = self.conns.get_mut(token) else { continue };
-                    if c.conn_id() != Some(conn) {
-                        continue; // the session ended and its slot was reused
-                    }
-                    if let Some(s) = &c.session {
-                        s.dequeued(frame.len());
-                    }
+                    let Some(s) = self.current(token, conn) else { continue };
+                    s.dequeued(frame.len());
                     self.with(token, |c, ctx| c.deliver(ctx, frame));
                 }
                 Delivery::Notice { token, conn } => {
-                    if self.conns.get(token).and_then(Conn::conn_id) == Some(conn) {
+                    if self.current(token, conn).is_some() {
                         self.with(token, |c, ctx| c.on_notice(ctx));
                     }
                 }
                 Delivery::Last { token, conn, frame } => {
-                    let Some(c) = self.conns.get_mut(token) else { continue };
-                    if c.conn_id() != Some(conn) {
-                        continue;
-                    }
-                    if let Some(s) = &c.session {
-                        s.last_delivered(frame.len());
-                    }
+                    let Some(s) = self.current(token, conn) else { continue };
+                    s.last_delivered(frame.len());
                     self.with(token, |c, ctx| c.deliver_last(ctx, frame));
                 }
                 Delivery::Presence { token, conn, item } => {
-                    let Some(c) = self.conns.get_mut(token) else { continue };
-                    if c.conn_id() != Some(conn) {
-                        continue;
-                    }
-                    if let Some(s) = &c.session {
-                        s.dequeued(item.frame.len());
-                    }
+                    let Some(s) = self.current(token, conn) else { continue };
+                    s.dequeued(item.frame.len());
                     if self.ctx.dispatcher.presence_is_news(conn, &item) {
                         let frame = item.frame.clone();
                         self.with(token, |c, ctx| c.deliver(ctx, frame));
                     }
                 }
                 Delivery::Reply { token, conn, out } => {
-                    let Some(c) = self.conns.get_mut(token) else { continue };
-                    if c.conn_id() != Some(conn) {
-                        continue;
-                    }
-                    if let Some(s) = &c.session {
-                        s.dequeued(out.len());
-                    }
+                    let Some(s) = self.current(token, conn) else { continue };
+                    s.dequeued(out.len());
                     self.with(token, |c, ctx| c.deliver_reply(ctx, out));
                 }
             }
         }
+    }
+
+    /// The session in slot `token`, if it is still session `conn`.
+    fn current(&self, token: usize, conn: ConnId) -> Option<&SessionHandle> {
+        self.conns.get(token)?.session.as_deref().filter(|s| s.conn == conn)
     }
 
     /// Runs `op` on every connection (keys snapshotted first: `op` may end connections).
