@@ -11,8 +11,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tungstenite::Utf8Bytes;
-
 use crate::handler::{self, Claim, Handler, Msg};
 use crate::mailbox::{ConnId, NotDelivered, Offer, Outgoing, PresenceFrame, SessionHandle};
 use crate::metrics::{inc, inc_by, Metrics};
@@ -107,8 +105,8 @@ impl Dispatcher {
 
     /// Offers `frame` to `target` through the outbox and counts the outcome. `here` is this
     /// reactor's id. Returns whether it counts as delivered.
-    fn push(&mut self, target: &Arc<SessionHandle>, frame: &Utf8Bytes, here: usize) -> bool {
-        match self.outbox.push(target, &Outgoing::Frame(frame.clone()), Some(here)) {
+    fn push(&mut self, target: &Arc<SessionHandle>, frame: &Outgoing, here: usize) -> bool {
+        match self.outbox.push(target, frame, Some(here)) {
             Ok(Offer::Queued) => {
                 inc(&self.metrics.pushes_queued);
                 true
@@ -336,10 +334,10 @@ pub(crate) fn relay_to<'a>(
     msg: &'a SendMsg<'_>,
     server_msg_id: &'a str,
     targets: &mut Vec<Arc<SessionHandle>>,
-    mut push: impl FnMut(&Arc<SessionHandle>, &Utf8Bytes) -> bool,
+    mut push: impl FnMut(&Arc<SessionHandle>, &Outgoing) -> bool,
 ) -> SendAck<'a> {
     let send_time = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    let frame = Utf8Bytes::from(protocol::push_frame(&me.user, operation_id, msg, server_msg_id, send_time));
+    let frame = Outgoing::Frame(protocol::push_frame(&me.user, operation_id, msg, server_msg_id, send_time).into());
     targets.clear();
     registry.sessions_of(&msg.recv_id, targets);
     let recipients = targets.len();
@@ -358,7 +356,7 @@ pub(crate) fn relay_to<'a>(
 
 /// Queues `frame` for `target` from a thread with no reactor loop (the admin API, a worker),
 /// and counts the outcome like a reactor's push. A full inbox fails this session (`Busy`).
-pub(crate) fn push_now(m: &Metrics, target: &SessionHandle, frame: &Utf8Bytes) -> Result<(), NotDelivered> {
+pub(crate) fn push_now(m: &Metrics, target: &SessionHandle, frame: &Outgoing) -> Result<(), NotDelivered> {
     let outcome = target.offer_now(frame);
     inc(match outcome {
         Ok(()) => &m.pushes_queued,

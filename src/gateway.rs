@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::dispatch::push_now;
 use crate::error::{Error, Result};
 use crate::handler::Handler;
-use crate::mailbox::{CloseOrder, ConnId, Mailbox, NotDelivered};
+use crate::mailbox::{CloseOrder, ConnId, Mailbox, NotDelivered, Outgoing};
 use crate::metrics::{inc, Metrics, Snapshot};
 use crate::policy::Platform;
 use crate::presence::Presence;
@@ -485,7 +485,7 @@ impl GatewayHandle {
             let len = raw.get().len();
             return Err(Error::BadRequest(format!("the message is {len} bytes, over max_message_size ({max})")));
         }
-        let frame = Utf8Bytes::from(protocol::push_frame_raw(raw));
+        let frame = Outgoing::Frame(protocol::push_frame_raw(raw).into());
         let mut targets = Vec::new();
         Ok(users
             .iter()

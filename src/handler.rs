@@ -235,7 +235,7 @@ impl Session {
     /// Sends a text frame to this session besides the reply, without blocking. It fails for
     /// this session only: closing, over its outbound budget, or its reactor's inbox full.
     pub fn send_text(&self, text: impl Into<String>) -> Result<(), NotDelivered> {
-        self.handle.offer_now(&Utf8Bytes::from(text.into()))
+        self.handle.offer_now(&Utf8Bytes::from(text.into()).into())
     }
 }
 

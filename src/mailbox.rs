@@ -312,9 +312,9 @@ impl SessionHandle {
     /// Queues `frame` from a thread with no reactor loop (the admin API, the embedding service,
     /// a worker): it cannot keep a frame for later, so a full inbox is `Busy` for this session
     /// and nothing is kept or charged.
-    pub(crate) fn offer_now(&self, frame: &Utf8Bytes) -> Result<(), NotDelivered> {
+    pub(crate) fn offer_now(&self, frame: &Outgoing) -> Result<(), NotDelivered> {
         self.charge(frame.len())?;
-        match self.enqueue(&Outgoing::Frame(frame.clone()), true)? {
+        match self.enqueue(frame, true)? {
             Offer::Queued => Ok(()),
             Offer::Deferred => {
                 self.queued.fetch_sub(frame.len(), AcqRel);
