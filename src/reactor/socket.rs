@@ -12,6 +12,8 @@
 //! readable event. mio is edge-triggered and Linux raises an edge for every arrival after the
 //! read, so nothing is missed; it saves the `recv` that would only say `EAGAIN`, one of the
 //! three syscalls a relayed message costs. (tokio clears readiness on short reads likewise.)
+//!
+//! It also half-closes (FIN) on request, once: how a connection that failed closes its side.
 
 use std::io::{self, ErrorKind, Read, Write};
 
@@ -22,12 +24,14 @@ pub(crate) struct Socket {
     held: bool,
     /// The last read was short and no readable event has come since.
     drained: bool,
+    /// Our side is shut down for writing (FIN sent).
+    fin: bool,
 }
 
 impl Socket {
     /// Wraps `stream` with writes held.
     pub(crate) fn held(stream: TcpStream) -> Socket {
-        Socket { stream, held: true, drained: false }
+        Socket { stream, held: true, drained: false, fin: false }
     }
 
     pub(crate) fn is_held(&self) -> bool {
@@ -36,6 +40,15 @@ impl Socket {
 
     pub(crate) fn release(&mut self) {
         self.held = false;
+    }
+
+    /// Sends FIN after whatever was written, once. A failure is ignored: the peer is gone
+    /// already, and the connection ends when its reads say so.
+    pub(crate) fn finish_writes(&mut self) {
+        if !self.fin {
+            self.fin = true;
+            let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        }
     }
 
     /// The reactor got a readable event (or must look anyway): the next read asks the kernel.
