@@ -4,8 +4,11 @@
 //! to 16 MiB. It is what the conformance suite (Autobahn) runs against:
 //!
 //! ```text
-//! cargo run --release --example echo -- --listen 127.0.0.1:9001 [--io-threads N]
+//! cargo run --release --example echo -- --listen 127.0.0.1:9001 [--io-threads N] [--sndbuf BYTES]
 //! ```
+//!
+//! `--sndbuf` pins every accepted socket's `SO_SNDBUF` (`Config::socket_send_buffer`); a small
+//! one forces partial writes of large messages.
 //!
 //! It prints `msggate listening on ADDR` on stdout and runs until SIGINT or SIGTERM.
 
@@ -26,6 +29,10 @@ struct Args {
     /// Worker threads running the echo handler.
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// SO_SNDBUF of every accepted socket, in bytes (Linux doubles it and has a minimum);
+    /// default: the kernel's.
+    #[arg(long, value_name = "BYTES")]
+    sndbuf: Option<usize>,
 }
 
 const MAX_MESSAGE: usize = 16 << 20;
@@ -48,6 +55,7 @@ fn main() -> Result<(), msggate::Error> {
         // An echo of the largest message must fit beside one being read.
         outbound_budget: 4 * MAX_MESSAGE,
         read_buffer_size: 4096,
+        socket_send_buffer: args.sndbuf,
         ..Config::default()
     };
     let gateway = Gateway::start_with(config, msggate::raw(|_session, frame| Some(frame)))?;

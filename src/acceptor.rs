@@ -134,6 +134,11 @@ impl Acceptor {
             return;
         }
         let _ = stream.set_nodelay(true);
+        if let Some(bytes) = self.shared.config.socket_send_buffer {
+            if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(bytes) {
+                log_throttled!(log::Level::Warn, "cannot set SO_SNDBUF to {bytes} on an accepted socket: {e}");
+            }
+        }
         add(&metrics.connections, 1);
         if !self.pending.is_empty() {
             self.keep(stream, Instant::now()); // behind the ones already waiting

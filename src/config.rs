@@ -57,6 +57,12 @@ pub struct Config {
     /// Bytes of each session's read buffer, allocated for its life. Default 1024: small keeps
     /// idle sessions cheap; larger messages grow the buffer as they arrive.
     pub read_buffer_size: usize,
+    /// `SO_SNDBUF` of every accepted socket, in bytes. Default `None`: the kernel's default,
+    /// which it tunes as the connection goes. `Some(n)` pins it, which caps the kernel memory a
+    /// slow client can hold; Linux doubles `n` (for its bookkeeping), raises it to its minimum
+    /// (about 4.5 KiB) and caps it at `net.core.wmem_max`. At least [`MIN_SOCKET_BUFFER`]. A
+    /// small value forces partial writes, which is how the conformance run exercises them.
+    pub socket_send_buffer: Option<usize>,
     /// On shutdown, how long sessions get to finish their close handshake. Default 2 s.
     pub shutdown_timeout: Duration,
     /// Most users one session may watch at once with 2005 presence subscriptions. Default 1000.
@@ -111,6 +117,7 @@ impl Default for Config {
             close_timeout: Duration::from_secs(3),
             outbound_budget: 256 * 1024,
             read_buffer_size: 1024,
+            socket_send_buffer: None,
             shutdown_timeout: Duration::from_secs(2),
             max_subscriptions: 1000,
             stall_after: Duration::from_secs(5),
@@ -126,6 +133,12 @@ impl Default for Config {
 
 /// Largest value accepted for `max_message_size` (64 MiB, tungstenite's own default ceiling).
 pub const MAX_MESSAGE_SIZE_LIMIT: usize = 64 << 20;
+
+/// Smallest `socket_send_buffer` accepted (the kernel raises smaller values anyway).
+pub const MIN_SOCKET_BUFFER: usize = 1024;
+/// Largest `socket_send_buffer` accepted: `setsockopt` takes a C `int`, which the kernel
+/// doubles.
+pub const MAX_SOCKET_BUFFER: usize = 1 << 30;
 
 impl Config {
     /// Checks every field; the error names the first bad one as the CLI spells it.
@@ -162,6 +175,14 @@ impl Config {
         at_least("max_connections", self.max_connections, 1)?;
         at_least("max_subscriptions", self.max_subscriptions, 1)?;
         at_least("read_buffer_size", self.read_buffer_size, 64)?;
+        if let Some(n) = self.socket_send_buffer {
+            if !(MIN_SOCKET_BUFFER..=MAX_SOCKET_BUFFER).contains(&n) {
+                return Err(Error::config(
+                    "socket_send_buffer",
+                    format!("must be between {MIN_SOCKET_BUFFER} and {MAX_SOCKET_BUFFER} bytes, got {n}"),
+                ));
+            }
+        }
         at_least("outbound_budget", self.outbound_budget, self.max_message_size)
             .map_err(|_| Error::config("outbound_budget", "must be at least max_message_size"))?;
         positive("handshake_timeout", self.handshake_timeout)?;
@@ -249,6 +270,9 @@ mod tests {
             ("workers", Config { workers: 0, ..Config::default() }),
             ("worker_queue", Config { worker_queue: 0, ..Config::default() }),
             ("max_subscriptions", Config { max_subscriptions: 0, ..Config::default() }),
+            ("socket_send_buffer", Config { socket_send_buffer: Some(0), ..Config::default() }),
+            ("socket_send_buffer", Config { socket_send_buffer: Some(MIN_SOCKET_BUFFER - 1), ..Config::default() }),
+            ("socket_send_buffer", Config { socket_send_buffer: Some(MAX_SOCKET_BUFFER + 1), ..Config::default() }),
             ("admin_token", Config { admin_listen: Some("0.0.0.0:10002".parse().unwrap()), ..Config::default() }),
             ("admin_token", Config { admin_listen: Some("[::]:0".parse().unwrap()), ..Config::default() }),
             ("admin_token", Config { admin_token: Some(String::new()), ..Config::default() }),
@@ -274,6 +298,14 @@ mod tests {
         }
         .validate()
         .unwrap();
+    }
+
+    #[test]
+    fn socket_send_buffer_is_the_kernels_by_default_and_accepts_its_bounds() {
+        assert_eq!(Config::default().socket_send_buffer, None);
+        for n in [MIN_SOCKET_BUFFER, 4096, MAX_SOCKET_BUFFER] {
+            Config { socket_send_buffer: Some(n), ..Config::default() }.validate().unwrap();
+        }
     }
 
     #[test]

@@ -47,7 +47,7 @@ mod worker;
 
 pub use crate::{
     admission::{admit, admit_open, Identity, Rejection},
-    config::{Config, DEV_SECRET, MAX_MESSAGE_SIZE_LIMIT},
+    config::{Config, DEV_SECRET, MAX_MESSAGE_SIZE_LIMIT, MAX_SOCKET_BUFFER, MIN_SOCKET_BUFFER},
     error::{Error, Result},
     gateway::{Gateway, GatewayHandle, PushReport, SessionPush, ShutdownSummary, UserOnline},
     handler::{on, raw, Claim, Frame, Handler, Msg, On, Raw, Reply, Request, Session},

@@ -122,6 +122,7 @@ fn invalid_config_names_the_field_and_exits_2() {
         expect_config_error(msggate(&listen).env("MSGGATE_MAX_SUBSCRIPTIONS", "0"), "max_subscriptions");
         let zero = TempToml::new("max_subscriptions = 0\n");
         expect_config_error(msggate(&listen).args(["--config", zero.path()]), "max_subscriptions");
+        expect_config_error(msggate(&listen).args(["--socket-send-buffer", "10"]), "socket_send_buffer");
         // A value clap cannot parse is a usage error, also exit 2.
         expect_config_error(
             &mut msggate(&["serve", "--listen", "127.0.0.1:0", "--handshake-timeout", "soon"]),

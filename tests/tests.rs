@@ -6,6 +6,7 @@ mod util;
 
 mod admin;
 mod cli;
+mod conformance;
 mod examples;
 mod handler;
 mod handshake;

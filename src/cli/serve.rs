@@ -106,6 +106,10 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", env = "MSGGATE_READ_BUFFER_SIZE")]
     read_buffer_size: Option<usize>,
 
+    /// SO_SNDBUF of every accepted socket (Linux doubles it, within its own minimum and net.core.wmem_max).
+    #[arg(long, value_name = "BYTES", env = "MSGGATE_SOCKET_SEND_BUFFER")]
+    socket_send_buffer: Option<usize>,
+
     /// On shutdown, how long sessions get to finish their close handshake.
     #[arg(long, value_name = "DUR", env = "MSGGATE_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
     shutdown_timeout: Option<Duration>,
@@ -139,7 +143,7 @@ pub struct Args {
 /// number is restated here. Panics (in the unit test first) if an id names no flag.
 pub fn document_defaults(cmd: clap::Command) -> clap::Command {
     let d = Config::default();
-    let defaults: [(&str, String); 23] = [
+    let defaults: [(&str, String); 24] = [
         ("config", "none".into()),
         ("listen", d.listen.to_string()),
         ("secret", "none, i.e. the public development secret, loopback only".into()),
@@ -157,6 +161,7 @@ pub fn document_defaults(cmd: clap::Command) -> clap::Command {
         ("close_timeout", dur(d.close_timeout)),
         ("outbound_budget", d.outbound_budget.to_string()),
         ("read_buffer_size", d.read_buffer_size.to_string()),
+        ("socket_send_buffer", "the kernel's, auto-tuned".into()),
         ("shutdown_timeout", dur(d.shutdown_timeout)),
         ("max_subscriptions", d.max_subscriptions.to_string()),
         ("stall_after", dur(d.stall_after)),
@@ -237,6 +242,7 @@ struct FileConfig {
     close_timeout: Option<Duration>,
     outbound_budget: Option<usize>,
     read_buffer_size: Option<usize>,
+    socket_send_buffer: Option<usize>,
     #[serde(default, deserialize_with = "de_duration")]
     shutdown_timeout: Option<Duration>,
     max_subscriptions: Option<usize>,
@@ -327,6 +333,7 @@ impl Args {
             close_timeout: layer(self.close_timeout, file.close_timeout, d.close_timeout),
             outbound_budget: layer(self.outbound_budget, file.outbound_budget, d.outbound_budget),
             read_buffer_size: layer(self.read_buffer_size, file.read_buffer_size, d.read_buffer_size),
+            socket_send_buffer: self.socket_send_buffer.or(file.socket_send_buffer).or(d.socket_send_buffer),
             shutdown_timeout: layer(self.shutdown_timeout, file.shutdown_timeout, d.shutdown_timeout),
             max_subscriptions: layer(self.max_subscriptions, file.max_subscriptions, d.max_subscriptions),
             stall_after: layer(self.stall_after, file.stall_after, d.stall_after),

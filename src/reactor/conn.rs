@@ -151,6 +151,11 @@ pub(crate) struct Conn {
     /// is out, and input is read raw and discarded until the peer closes or the close deadline
     /// passes.
     raw_drain: bool,
+    /// The connection failed (1002, 1007, 1009): once our close frame is flushed, our side is
+    /// shut down (FIN). RFC 6455 7.1.7: a failing endpoint does not wait for the peer's close
+    /// frame, which may never come (the bad frame may have been the peer's close); a close
+    /// frame already on its way is still read as the answer.
+    failed: bool,
     /// Frames for a registered session whose `101` could not be written yet (socket full).
     early: Vec<Utf8Bytes>,
     /// The handler was told of this session (`on_connect`): it must hear of its end too.
@@ -180,6 +185,7 @@ impl Conn {
             dirty: false,
             after_upgrade: AfterUpgrade::Serve,
             raw_drain: false,
+            failed: false,
             early: Vec::new(),
             announced: false,
             in_flight: 0,
@@ -195,13 +201,13 @@ impl Conn {
         matches!(self.stage, Stage::Closing(_))
     }
 
-    /// Readiness from the poll.
-    pub(crate) fn on_ready(&mut self, ctx: &mut Ctx, readable: bool, writable: bool) -> Next {
+    /// Readiness from the poll; `peer_closed`: the peer's FIN (or an error) has arrived.
+    pub(crate) fn on_ready(&mut self, ctx: &mut Ctx, readable: bool, writable: bool, peer_closed: bool) -> Next {
         if readable {
             self.unread = true;
             match &mut self.stage {
-                Stage::Handshake(mid, _) => mid.get_mut().get_mut().readable(),
-                Stage::Open(ws) | Stage::Closing(ws) => ws.get_mut().readable(),
+                Stage::Handshake(mid, _) => mid.get_mut().get_mut().readable(peer_closed),
+                Stage::Open(ws) | Stage::Closing(ws) => ws.get_mut().readable(peer_closed),
                 _ => {}
             }
         }
@@ -528,15 +534,18 @@ impl Conn {
                 // tungstenite keeps the oversize frame's header; reading on through it would
                 // trip its internal assertions, so the rest of the input is discarded raw.
                 self.raw_drain = true;
+                self.failed = true;
                 inc(&m.oversize_closes);
                 log_throttled!(log::Level::Info, "{:?}: {c}; closing with 1009", self.session);
                 self.begin_close(ctx, CloseCode::Size, "message too big")
             }
             WsError::Utf8(_) => {
+                self.failed = true;
                 inc(&m.protocol_closes);
                 self.begin_close(ctx, CloseCode::Invalid, "invalid UTF-8")
             }
             WsError::Protocol(p) => {
+                self.failed = true;
                 inc(&m.protocol_closes);
                 log_throttled!(log::Level::Info, "{:?}: protocol error: {p}; closing with 1002", self.session);
                 let reason = p.to_string();
@@ -607,7 +616,10 @@ impl Conn {
             _ => return Keep,
         };
         match ws.flush() {
-            Ok(()) => Keep,
+            Ok(()) => {
+                self.fin_if_failed();
+                Keep
+            }
             Err(WsError::Io(e)) if e.kind() == ErrorKind::WouldBlock => Keep,
             Err(e) => self.on_ws_error(ctx, e),
         }
@@ -624,13 +636,24 @@ impl Conn {
         let result = ws.close(Some(CloseFrame { code, reason: reason.into() }));
         self.enter_closing(ctx);
         match result {
-            Ok(()) => Keep,
+            Ok(()) => {
+                self.fin_if_failed();
+                Keep
+            }
             Err(WsError::Io(e)) if e.kind() == ErrorKind::WouldBlock => Keep,
             Err(WsError::ConnectionClosed) => Next::End(End::Closed),
             // Over budget even for the close frame, or the socket is broken: just drop it.
             Err(WsError::WriteBufferFull(_)) => Next::End(End::PeerGone),
             Err(WsError::Io(e)) => Next::End(End::Io(e)),
             Err(e) => Next::End(End::Bug(format!("close: {e}"))),
+        }
+    }
+
+    /// A failed connection's close frame is out: the server closes the TCP connection first
+    /// (RFC 6455 7.1.1), with a FIN rather than a drop, so the peer still reads the close frame.
+    fn fin_if_failed(&mut self) {
+        if let (true, Stage::Closing(ws)) = (self.failed, &mut self.stage) {
+            ws.get_mut().finish_writes();
         }
     }
 

@@ -420,7 +420,8 @@ impl Reactor {
                     continue;
                 }
                 let readable = event.is_readable() || event.is_read_closed() || event.is_error();
-                self.io(event.token().0, readable, event.is_writable());
+                let peer_closed = event.is_read_closed() || event.is_error();
+                self.io(event.token().0, readable, event.is_writable(), peer_closed);
             }
             self.beacon.doing(doing::HANDOFFS);
             self.accept_handoffs();
@@ -464,8 +465,8 @@ impl Reactor {
         }
     }
 
-    fn io(&mut self, key: usize, readable: bool, writable: bool) {
-        self.with(key, |conn, ctx| conn.on_ready(ctx, readable, writable));
+    fn io(&mut self, key: usize, readable: bool, writable: bool, peer_closed: bool) {
+        self.with(key, |conn, ctx| conn.on_ready(ctx, readable, writable, peer_closed));
     }
 
     fn accept_handoffs(&mut self) {
@@ -486,7 +487,7 @@ impl Reactor {
             }
             entry.insert(Conn::start(stream, key, &self.ctx));
             self.ctx.mailbox.owned(1);
-            self.io(key, true, true); // the request may already be waiting
+            self.io(key, true, true, false); // the request may already be waiting
         }
     }
 

@@ -12,6 +12,11 @@
 //! readable event. mio is edge-triggered and Linux raises an edge for every arrival after the
 //! read, so nothing is missed; it saves the `recv` that would only say `EAGAIN`, one of the
 //! three syscalls a relayed message costs. (tokio clears readiness on short reads likewise.)
+//! Except once the peer has closed its side: a FIN that arrived with the last data raises no
+//! edge of its own after the read, so from then on every read asks the kernel, until it
+//! answers end of stream. (tokio keeps its closed readiness likewise.)
+//!
+//! It also half-closes (FIN) on request, once: how a connection that failed closes its side.
 
 use std::io::{self, ErrorKind, Read, Write};
 
@@ -22,12 +27,16 @@ pub(crate) struct Socket {
     held: bool,
     /// The last read was short and no readable event has come since.
     drained: bool,
+    /// The reactor saw the peer's FIN (or an error): short reads no longer mean drained.
+    peer_closed: bool,
+    /// Our side is shut down for writing (FIN sent).
+    fin: bool,
 }
 
 impl Socket {
     /// Wraps `stream` with writes held.
     pub(crate) fn held(stream: TcpStream) -> Socket {
-        Socket { stream, held: true, drained: false }
+        Socket { stream, held: true, drained: false, peer_closed: false, fin: false }
     }
 
     pub(crate) fn is_held(&self) -> bool {
@@ -38,9 +47,20 @@ impl Socket {
         self.held = false;
     }
 
+    /// Sends FIN after whatever was written, once. A failure is ignored: the peer is gone
+    /// already, and the connection ends when its reads say so.
+    pub(crate) fn finish_writes(&mut self) {
+        if !self.fin {
+            self.fin = true;
+            let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        }
+    }
+
     /// The reactor got a readable event (or must look anyway): the next read asks the kernel.
-    pub(crate) fn readable(&mut self) {
+    /// `peer_closed`: the event says the peer shut down its side (or the socket failed).
+    pub(crate) fn readable(&mut self, peer_closed: bool) {
         self.drained = false;
+        self.peer_closed |= peer_closed;
     }
 }
 
@@ -50,7 +70,7 @@ impl Read for Socket {
             return Err(ErrorKind::WouldBlock.into());
         }
         let n = self.stream.read(buf)?;
-        self.drained = n > 0 && n < buf.len();
+        self.drained = n > 0 && n < buf.len() && !self.peer_closed;
         Ok(n)
     }
 }
