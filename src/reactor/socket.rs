@@ -14,11 +14,14 @@
 //! three syscalls a relayed message costs. (tokio clears readiness on short reads likewise.)
 
 use std::io::{self, ErrorKind, Read, Write};
+use std::rc::Rc;
 
 use mio::net::TcpStream;
 
 pub(crate) struct Socket {
-    stream: TcpStream,
+    /// Shared with the connection only while it answers a failed upgrade, which tungstenite
+    /// reports after dropping this wrapper.
+    stream: Rc<TcpStream>,
     held: bool,
     /// The last read was short and no readable event has come since.
     drained: bool,
@@ -27,7 +30,12 @@ pub(crate) struct Socket {
 impl Socket {
     /// Wraps `stream` with writes held.
     pub(crate) fn held(stream: TcpStream) -> Socket {
-        Socket { stream, held: true, drained: false }
+        Socket { stream: Rc::new(stream), held: true, drained: false }
+    }
+
+    /// The socket itself, to answer on after tungstenite gave up on the upgrade.
+    pub(crate) fn stream(&self) -> Rc<TcpStream> {
+        self.stream.clone()
     }
 
     pub(crate) fn is_held(&self) -> bool {
@@ -49,7 +57,7 @@ impl Read for Socket {
         if self.drained {
             return Err(ErrorKind::WouldBlock.into());
         }
-        let n = self.stream.read(buf)?;
+        let n = (&*self.stream).read(buf)?;
         self.drained = n > 0 && n < buf.len();
         Ok(n)
     }
@@ -60,13 +68,13 @@ impl Write for Socket {
         if self.held {
             return Err(ErrorKind::WouldBlock.into());
         }
-        self.stream.write(buf)
+        (&*self.stream).write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
         if self.held {
             return Err(ErrorKind::WouldBlock.into());
         }
-        self.stream.flush()
+        (&*self.stream).flush()
     }
 }
