@@ -223,13 +223,13 @@ impl Conn {
         matches!(self.stage, Stage::Closing(_))
     }
 
-    /// Readiness from the poll.
-    pub(crate) fn on_ready(&mut self, ctx: &mut Ctx, readable: bool, writable: bool) -> Next {
+    /// Readiness from the poll; `hup`: the peer's FIN or an error came with it.
+    pub(crate) fn on_ready(&mut self, ctx: &mut Ctx, readable: bool, writable: bool, hup: bool) -> Next {
         if readable {
             self.unread = true;
             match &mut self.stage {
-                Stage::Handshake(mid, _) => mid.get_mut().get_mut().readable(),
-                Stage::Open(ws) | Stage::Closing(ws) => ws.get_mut().readable(),
+                Stage::Handshake(mid, _) => mid.get_mut().get_mut().readable(hup),
+                Stage::Open(ws) | Stage::Closing(ws) => ws.get_mut().readable(hup),
                 _ => {}
             }
         }

@@ -419,8 +419,8 @@ impl Reactor {
                 if event.token() == WAKE {
                     continue;
                 }
-                let readable = event.is_readable() || event.is_read_closed() || event.is_error();
-                self.io(event.token().0, readable, event.is_writable());
+                let hup = event.is_read_closed() || event.is_error();
+                self.io(event.token().0, event.is_readable() || hup, event.is_writable(), hup);
             }
             self.beacon.doing(doing::HANDOFFS);
             self.accept_handoffs();
@@ -464,8 +464,8 @@ impl Reactor {
         }
     }
 
-    fn io(&mut self, key: usize, readable: bool, writable: bool) {
-        self.with(key, |conn, ctx| conn.on_ready(ctx, readable, writable));
+    fn io(&mut self, key: usize, readable: bool, writable: bool, hup: bool) {
+        self.with(key, |conn, ctx| conn.on_ready(ctx, readable, writable, hup));
     }
 
     fn accept_handoffs(&mut self) {
@@ -486,7 +486,7 @@ impl Reactor {
             }
             entry.insert(Conn::start(stream, key, &self.ctx));
             self.ctx.mailbox.owned(1);
-            self.io(key, true, true); // the request may already be waiting
+            self.io(key, true, true, false); // the request may already be waiting
         }
     }
 

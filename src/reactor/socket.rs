@@ -10,7 +10,8 @@
 //! And one saving: after a short read (fewer bytes than asked for) the kernel's buffer was
 //! empty, so the next read reports `WouldBlock` without a syscall until the reactor sees a new
 //! readable event. mio is edge-triggered and Linux raises an edge for every arrival after the
-//! read, so nothing is missed; it saves the `recv` that would only say `EAGAIN`, one of the
+//! read, so nothing is missed (except a FIN or RST that came in the same edge as the data: after
+//! one is reported, reads always reach the kernel); it saves the `recv` that would only say `EAGAIN`, one of the
 //! three syscalls a relayed message costs. (tokio clears readiness on short reads likewise.)
 
 use std::io::{self, ErrorKind, Read, Write};
@@ -25,12 +26,15 @@ pub(crate) struct Socket {
     held: bool,
     /// The last read was short and no readable event has come since.
     drained: bool,
+    /// The peer's FIN or RST was reported: it may have come in the same edge as the data a
+    /// short read just took, so every read asks the kernel from now on.
+    hup: bool,
 }
 
 impl Socket {
     /// Wraps `stream` with writes held.
     pub(crate) fn held(stream: TcpStream) -> Socket {
-        Socket { stream: Rc::new(stream), held: true, drained: false }
+        Socket { stream: Rc::new(stream), held: true, drained: false, hup: false }
     }
 
     /// The socket itself, to answer on after tungstenite gave up on the upgrade.
@@ -47,8 +51,10 @@ impl Socket {
     }
 
     /// The reactor got a readable event (or must look anyway): the next read asks the kernel.
-    pub(crate) fn readable(&mut self) {
+    /// `hup`: the event also reported the peer's FIN or an error.
+    pub(crate) fn readable(&mut self, hup: bool) {
         self.drained = false;
+        self.hup |= hup;
     }
 }
 
@@ -58,7 +64,7 @@ impl Read for Socket {
             return Err(ErrorKind::WouldBlock.into());
         }
         let n = (&*self.stream).read(buf)?;
-        self.drained = n > 0 && n < buf.len();
+        self.drained = !self.hup && n > 0 && n < buf.len();
         Ok(n)
     }
 }
