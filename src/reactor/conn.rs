@@ -715,7 +715,11 @@ impl Conn {
                 self.last_ping = now;
                 self.write(ctx, Message::Ping(Default::default()))
             }
-            Stage::Closing(_) if now >= self.deadline => Next::End(End::CloseTimeout),
+            Stage::Closing(ws) if now >= self.deadline => {
+                // The peer never answered our close frame: it has stopped reading or is gone.
+                ws.get_ref().reset_on_close();
+                Next::End(End::CloseTimeout)
+            }
             _ => Keep,
         }
     }

@@ -42,6 +42,12 @@ impl Socket {
         self.stream.clone()
     }
 
+    /// Makes the coming close a reset (`SO_LINGER` 0): for a peer that let a deadline pass,
+    /// so that no orphaned socket waits in FIN_WAIT for minutes with our unsent bytes.
+    pub(crate) fn reset_on_close(&self) {
+        let _ = socket2::SockRef::from(&*self.stream).set_linger(Some(std::time::Duration::ZERO));
+    }
+
     pub(crate) fn is_held(&self) -> bool {
         self.held
     }
