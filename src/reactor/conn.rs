@@ -176,8 +176,8 @@ pub(crate) struct Conn {
     dirty: bool,
     after_upgrade: AfterUpgrade,
     /// After an oversize frame, which leaves tungstenite's reader mid-frame: our close frame
-    /// is out, and input is read raw and discarded until the peer closes or the close deadline
-    /// passes.
+    /// is out, our side is shut once it is flushed, and input is read raw and discarded until
+    /// the peer closes or the close deadline passes.
     raw_drain: bool,
     /// Frames for a registered session whose `101` could not be written yet (socket full).
     early: Vec<Utf8Bytes>,
@@ -425,6 +425,9 @@ impl Conn {
     /// Reads and discards input until `WouldBlock` (wait for more) or end of stream (done), at
     /// most a batch per turn so a flood cannot hog the reactor.
     fn drain_raw(&mut self, ctx: &mut Ctx) -> Next {
+        if let Next::End(e) = self.flush(ctx) {
+            return Next::End(e);
+        }
         let Stage::Closing(ws) = &mut self.stage else {
             return Next::End(End::Bug("raw drain outside closing".into()));
         };
@@ -639,6 +642,12 @@ impl Conn {
             _ => return Keep,
         };
         match ws.flush() {
+            Ok(()) if self.raw_drain => {
+                // Our close frame is out and no frame of the peer's can be read any more (not
+                // even its close): end our side, so that the peer sees the end and closes too.
+                ws.get_ref().shutdown_write();
+                Keep
+            }
             Ok(()) => Keep,
             Err(WsError::Io(e)) if e.kind() == ErrorKind::WouldBlock => Keep,
             Err(e) => self.on_ws_error(ctx, e),

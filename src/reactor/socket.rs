@@ -48,6 +48,11 @@ impl Socket {
         let _ = socket2::SockRef::from(&*self.stream).set_linger(Some(std::time::Duration::ZERO));
     }
 
+    /// Sends our FIN; reading goes on.
+    pub(crate) fn shutdown_write(&self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+    }
+
     pub(crate) fn is_held(&self) -> bool {
         self.held
     }
