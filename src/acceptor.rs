@@ -196,23 +196,28 @@ impl Acceptor {
     }
 }
 
-/// Answers HTTP 503 with errCode 1601 without blocking, then closes. Best effort: whatever the
-/// client already sent is read first so the close does not turn into a reset that could
-/// destroy the response in flight.
-fn refuse(mut stream: TcpStream, msg: &str) {
-    let mut scratch = [0u8; 2048];
-    for _ in 0..4 {
-        match stream.read(&mut scratch) {
-            Ok(n) if n > 0 => continue,
-            _ => break,
-        }
-    }
+/// Answers HTTP 503 with errCode 1601 without blocking, then closes.
+fn refuse(stream: TcpStream, msg: &str) {
     let body = status_json(codes::CONN_OVER_MAX, msg);
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
-    let _ = stream.write(response.as_bytes());
+    answer_and_close(&stream, response.as_bytes());
+}
+
+/// Writes `response` without blocking and shuts the socket's sending side. Best effort:
+/// whatever the client already sent (up to 64 KiB) is read first, so that closing does not turn
+/// into a reset that could destroy the response in flight.
+pub(crate) fn answer_and_close(mut stream: &TcpStream, response: &[u8]) {
+    let mut scratch = [0u8; 2048];
+    for _ in 0..32 {
+        match stream.read(&mut scratch) {
+            Ok(n) if n > 0 => continue,
+            _ => break,
+        }
+    }
+    let _ = stream.write(response);
     let _ = stream.shutdown(Shutdown::Write);
 }
 

@@ -3,7 +3,6 @@
 //! Prometheus parser, two gateways in one process, `/healthz` during a shutdown, and the
 //! `msggate serve` admin line. Every wait is a bounded read or an `eventually`.
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -17,64 +16,6 @@ use crate::util::*;
 
 const LIMIT: Duration = Duration::from_secs(60);
 const TOKEN: &str = "adm1n-t0ken";
-
-/// One HTTP response.
-#[derive(Debug)]
-struct Http {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: String,
-}
-
-impl Http {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
-    }
-
-    /// A JSON error with this status and errCode.
-    fn assert_error(&self, status: u16, code: i64) {
-        assert_eq!(self.status, status, "{self:?}");
-        assert_eq!(self.headers.get("content-type").map(String::as_str), Some("application/json"), "{self:?}");
-        let v = self.json();
-        assert_eq!(v["errCode"], code, "{v}");
-        assert!(v["errMsg"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
-    }
-}
-
-/// Sends one request (`Connection: close`) and reads the whole response.
-fn http(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Http {
-    let mut s = TcpStream::connect_timeout(&addr, STEP).expect("connect to the admin API");
-    s.set_read_timeout(Some(STEP)).unwrap();
-    s.set_write_timeout(Some(STEP)).unwrap();
-    let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if let Some(body) = body {
-        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    if method == "POST" && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
-        head.push_str("Content-Type: application/json\r\n");
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).unwrap();
-    if let Some(body) = body {
-        // The server may answer (413) without reading all of it; it drains the rest.
-        let _ = s.write_all(body);
-    }
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read the response");
-    let text = String::from_utf8(raw).expect("UTF-8 response");
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no head in {text:?}"));
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect::<HashMap<_, _>>();
-    assert_eq!(headers["content-length"].parse::<usize>().unwrap(), body.len(), "{text}");
-    Http { status, headers, body: body.to_owned() }
-}
 
 fn get(addr: SocketAddr, target: &str) -> Http {
     http(addr, "GET", target, &[], None)
@@ -92,46 +33,6 @@ fn start_admin(tweak: impl FnOnce(&mut Config)) -> (GatewayHandle, SocketAddr) {
     });
     let admin = gw.admin_addr().expect("admin API on");
     (gw, admin)
-}
-
-/// `/metrics`, parsed by a real Prometheus text parser: unlabelled samples by name, and every
-/// sample as (name, labels, value).
-struct Scrape {
-    samples: Vec<(String, HashMap<String, String>, f64)>,
-}
-
-impl Scrape {
-    fn take(admin: SocketAddr, headers: &[(&str, &str)]) -> Scrape {
-        let r = http(admin, "GET", "/metrics", headers, None);
-        assert_eq!(r.status, 200, "{r:?}");
-        assert!(r.headers["content-type"].starts_with("text/plain; version=0.0.4"), "{r:?}");
-        let parsed = prometheus_parse::Scrape::parse(r.body.lines().map(|l| Ok(l.to_owned()))).expect("parses");
-        let samples = parsed
-            .samples
-            .into_iter()
-            .map(|s| {
-                let v = match s.value {
-                    prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
-                    other => panic!("{}: unexpected {other:?}", s.metric),
-                };
-                let labels = s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-                (s.metric, labels, v)
-            })
-            .collect();
-        Scrape { samples }
-    }
-
-    fn get(&self, name: &str, label: Option<(&str, &str)>) -> f64 {
-        self.samples
-            .iter()
-            .find(|(n, l, _)| n == name && label.is_none_or(|(k, v)| l.get(k).map(String::as_str) == Some(v)))
-            .map(|s| s.2)
-            .unwrap_or_else(|| panic!("no sample {name} {label:?}"))
-    }
-
-    fn sum(&self, name: &str) -> f64 {
-        self.samples.iter().filter(|(n, _, _)| n == name).map(|s| s.2).sum()
-    }
 }
 
 #[test]

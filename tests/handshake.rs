@@ -108,17 +108,21 @@ fn over_max_connections_is_503_1601_and_existing_sessions_keep_working() {
 }
 
 #[test]
-fn not_http_at_all_is_dropped_and_counted() {
+fn not_http_at_all_is_answered_400_and_closed() {
     use std::io::{Read, Write};
     watchdog(LIMIT, || {
         let gw = start(|_| {});
+        let mut by = Bystanders::connect(&gw);
         let mut s = std::net::TcpStream::connect(gw.local_addr()).unwrap();
         s.set_read_timeout(Some(STEP)).unwrap();
         s.write_all(b"\x16\x03\x01 this is not http\r\n\r\n").unwrap();
         let mut buf = Vec::new();
-        let _ = s.read_to_end(&mut buf); // the server closes
+        s.read_to_end(&mut buf).expect("the server answers and closes");
+        Http::parse(&buf).assert_error(400, 1602);
+        drop(s);
         eventually(STEP, "counted as a failed handshake", || gw.stats().handshakes_failed == 1);
-        assert_drained(&gw);
+        by.check(&gw, "not HTTP at all");
+        by.leave(&gw);
     });
 }
 

@@ -5,6 +5,7 @@ mod proc;
 mod util;
 
 mod admin;
+mod badinput;
 mod cli;
 mod conformance;
 mod examples;

@@ -133,6 +133,34 @@ pub(crate) fn error_response(status: u16, body: &str) -> ErrorResponse {
     resp
 }
 
+/// The HTTP error for a request tungstenite refused as an upgrade (RFC 6455 4.2.1: the server
+/// MUST answer a bad handshake with an HTTP error, not just drop it): 426 naming `websocket`
+/// for a plain HTTP request, 426 with `Sec-WebSocket-Version: 13` for another version (4.2.2,
+/// 4.4), 431 for an oversized head, 400 for the rest. `None` when the peer left mid-request.
+fn bad_upgrade_response(e: &WsError) -> Option<Vec<u8>> {
+    use tungstenite::error::{CapacityError, ProtocolError as P};
+    let (status, extra): (u16, &[(&str, &str)]) = match e {
+        WsError::Protocol(P::HandshakeIncomplete) | WsError::Io(_) | WsError::ConnectionClosed => return None,
+        WsError::Protocol(P::MissingConnectionUpgradeHeader | P::MissingUpgradeWebSocketHeader) => {
+            (426, &[("upgrade", "websocket")])
+        }
+        WsError::Protocol(P::MissingSecWebSocketVersionHeader) => {
+            (426, &[("upgrade", "websocket"), ("sec-websocket-version", "13")])
+        }
+        WsError::AttackAttempt | WsError::Capacity(CapacityError::TooManyHeaders) => (431, &[]),
+        _ => (400, &[]),
+    };
+    let body = protocol::status_json(protocol::codes::CONN_ARGS, &e.to_string());
+    let mut resp = error_response(status, &body);
+    for (name, value) in extra {
+        resp.headers_mut().insert(*name, tungstenite::http::HeaderValue::from_static(value));
+    }
+    let mut out = Vec::new();
+    tungstenite::handshake::server::write_response(&mut out, &resp).ok()?;
+    out.extend_from_slice(body.as_bytes());
+    Some(out)
+}
+
 /// One connection owned by a reactor.
 pub(crate) struct Conn {
     stage: Stage,
@@ -148,8 +176,8 @@ pub(crate) struct Conn {
     dirty: bool,
     after_upgrade: AfterUpgrade,
     /// After an oversize frame, which leaves tungstenite's reader mid-frame: our close frame
-    /// is out, and input is read raw and discarded until the peer closes or the close deadline
-    /// passes.
+    /// is out, our side is shut once it is flushed, and input is read raw and discarded until
+    /// the peer closes or the close deadline passes.
     raw_drain: bool,
     /// The connection failed (1002, 1007, 1009): once our close frame is flushed, our side is
     /// shut down (FIN). RFC 6455 7.1.7: a failing endpoint does not wait for the peer's close
@@ -229,6 +257,7 @@ impl Conn {
         let Stage::Handshake(mid, verdict) = std::mem::replace(&mut self.stage, Stage::Gone) else {
             return Next::End(End::Bug("step_handshake outside the handshake".into()));
         };
+        let stream = mid.get_ref().get_ref().stream();
         match mid.handshake() {
             Ok(ws) => self.upgraded(ctx, Box::new(ws), &verdict),
             Err(HandshakeError::Interrupted(mut mid)) => {
@@ -252,6 +281,9 @@ impl Conn {
             Err(HandshakeError::Failure(WsError::Io(e))) => Next::End(End::Io(e)),
             Err(HandshakeError::Failure(e)) => {
                 inc(&ctx.shared.metrics.handshakes_failed);
+                if let Some(response) = bad_upgrade_response(&e) {
+                    crate::acceptor::answer_and_close(&stream, &response);
+                }
                 Next::End(End::BadHandshake(e))
             }
         }
@@ -399,6 +431,9 @@ impl Conn {
     /// Reads and discards input until `WouldBlock` (wait for more) or end of stream (done), at
     /// most a batch per turn so a flood cannot hog the reactor.
     fn drain_raw(&mut self, ctx: &mut Ctx) -> Next {
+        if let Next::End(e) = self.flush(ctx) {
+            return Next::End(e);
+        }
         let Stage::Closing(ws) = &mut self.stage else {
             return Next::End(End::Bug("raw drain outside closing".into()));
         };
@@ -706,7 +741,11 @@ impl Conn {
                 self.last_ping = now;
                 self.write(ctx, Message::Ping(Default::default()))
             }
-            Stage::Closing(_) if now >= self.deadline => Next::End(End::CloseTimeout),
+            Stage::Closing(ws) if now >= self.deadline => {
+                // The peer never answered our close frame: it has stopped reading or is gone.
+                ws.get_ref().reset_on_close();
+                Next::End(End::CloseTimeout)
+            }
             _ => Keep,
         }
     }

@@ -12,18 +12,22 @@
 //! readable event. mio is edge-triggered and Linux raises an edge for every arrival after the
 //! read, so nothing is missed; it saves the `recv` that would only say `EAGAIN`, one of the
 //! three syscalls a relayed message costs. (tokio clears readiness on short reads likewise.)
-//! Except once the peer has closed its side: a FIN that arrived with the last data raises no
-//! edge of its own after the read, so from then on every read asks the kernel, until it
-//! answers end of stream. (tokio keeps its closed readiness likewise.)
+//! Except once the peer has closed its side: a FIN or RST that arrived with the last data
+//! raises no edge of its own after the read, so from then on every read asks the kernel, until
+//! it answers end of stream. (tokio keeps its closed readiness likewise.)
 //!
-//! It also half-closes (FIN) on request, once: how a connection that failed closes its side.
+//! It also ends a connection on request: a FIN (once) when a failed connection's close frame
+//! is out, and a reset (`SO_LINGER` 0) for a peer that let the close deadline pass.
 
 use std::io::{self, ErrorKind, Read, Write};
+use std::rc::Rc;
 
 use mio::net::TcpStream;
 
 pub(crate) struct Socket {
-    stream: TcpStream,
+    /// Shared with the connection only while it answers a failed upgrade, which tungstenite
+    /// reports after dropping this wrapper.
+    stream: Rc<TcpStream>,
     held: bool,
     /// The last read was short and no readable event has come since.
     drained: bool,
@@ -36,7 +40,12 @@ pub(crate) struct Socket {
 impl Socket {
     /// Wraps `stream` with writes held.
     pub(crate) fn held(stream: TcpStream) -> Socket {
-        Socket { stream, held: true, drained: false, peer_closed: false, fin: false }
+        Socket { stream: Rc::new(stream), held: true, drained: false, peer_closed: false, fin: false }
+    }
+
+    /// The socket itself, to answer on after tungstenite gave up on the upgrade.
+    pub(crate) fn stream(&self) -> Rc<TcpStream> {
+        self.stream.clone()
     }
 
     pub(crate) fn is_held(&self) -> bool {
@@ -56,6 +65,12 @@ impl Socket {
         }
     }
 
+    /// Makes the coming close a reset (`SO_LINGER` 0): for a peer that let a deadline pass,
+    /// so that no orphaned socket waits in FIN_WAIT for minutes with our unsent bytes.
+    pub(crate) fn reset_on_close(&self) {
+        let _ = socket2::SockRef::from(&*self.stream).set_linger(Some(std::time::Duration::ZERO));
+    }
+
     /// The reactor got a readable event (or must look anyway): the next read asks the kernel.
     /// `peer_closed`: the event says the peer shut down its side (or the socket failed).
     pub(crate) fn readable(&mut self, peer_closed: bool) {
@@ -69,7 +84,7 @@ impl Read for Socket {
         if self.drained {
             return Err(ErrorKind::WouldBlock.into());
         }
-        let n = self.stream.read(buf)?;
+        let n = (&*self.stream).read(buf)?;
         self.drained = n > 0 && n < buf.len() && !self.peer_closed;
         Ok(n)
     }
@@ -80,13 +95,13 @@ impl Write for Socket {
         if self.held {
             return Err(ErrorKind::WouldBlock.into());
         }
-        self.stream.write(buf)
+        (&*self.stream).write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
         if self.held {
             return Err(ErrorKind::WouldBlock.into());
         }
-        self.stream.flush()
+        (&*self.stream).flush()
     }
 }
