@@ -9,17 +9,6 @@ use crate::util::*;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// Threads of this process whose name starts with the gateway's prefix (names are cut to 15
-/// bytes by the kernel, which still leaves "msggate-PORT-").
-fn gateway_threads(port: u16) -> usize {
-    let prefix = format!("msggate-{port}-");
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|name| name.starts_with(&prefix))
-        .count()
-}
-
 #[test]
 fn shutdown_sends_1001_to_every_session_and_joins_every_thread() {
     watchdog(LIMIT, || {
@@ -43,7 +32,7 @@ fn shutdown_sends_1001_to_every_session_and_joins_every_thread() {
         assert!(summary.elapsed < Duration::from_secs(5), "{summary}");
         assert!(summary.to_string().contains("closed 5 sessions"), "{summary}");
         assert_eq!(gateway_threads(addr.port()), 0, "every thread joined");
-        assert!(std::net::TcpStream::connect(addr).is_err(), "the listener is closed");
+        assert_eq!(listener_fds(addr.port()), 0, "the listener is closed");
         assert_eq!(gw.shutdown().sessions_closed, 5, "shutdown is idempotent");
     });
 }

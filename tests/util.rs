@@ -513,7 +513,19 @@ pub fn server_side(port: u16) -> Vec<(&'static str, TcpSocket)> {
 /// Descriptors of this process (`/proc/self/fd`) that are the gateway's connection sockets:
 /// exact even while other tests open and close descriptors in parallel.
 pub fn gateway_fds(port: u16) -> usize {
-    let inodes: Vec<u64> = server_side(port).iter().map(|(_, s)| s.inode).filter(|&i| i != 0).collect();
+    own_fds_among(server_side(port).iter().map(|(_, s)| s.inode))
+}
+
+/// Descriptors of this process that are a listening socket on `port`. (A connect to a closed
+/// listener's port can still succeed for a moment while a child process that another test
+/// forks holds a copy of it until its `exec`; this counts only ours.)
+pub fn listener_fds(port: u16) -> usize {
+    own_fds_among(tcp_sockets(port).iter().filter(|s| s.local_port == port && s.state == LISTEN).map(|s| s.inode))
+}
+
+/// How many of this process's descriptors are sockets with one of `inodes`.
+fn own_fds_among(inodes: impl Iterator<Item = u64>) -> usize {
+    let inodes: Vec<u64> = inodes.filter(|&i| i != 0).collect();
     std::fs::read_dir("/proc/self/fd")
         .unwrap()
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
@@ -528,13 +540,20 @@ pub fn gateway_threads(port: u16) -> usize {
     gateway_threads_in("self", port)
 }
 
-/// [`gateway_threads`] of process `pid` (`self` for this one).
+/// [`gateway_threads`] of process `pid` (`self` for this one). A thread that has let go of the
+/// address space (`statm` all zero) is not counted: `join` returns as soon as an exiting thread
+/// gets there, and its `/proc` entry can outlive that by a moment.
 pub fn gateway_threads_in(pid: &str, port: u16) -> usize {
     let prefix = format!("msggate-{port}-");
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
-        .filter(|comm| comm.trim_end().starts_with(&prefix))
+        .filter_map(|e| {
+            let dir = e.ok()?.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+            let statm = std::fs::read_to_string(dir.join("statm")).ok()?;
+            let has_mm = statm.split_whitespace().next().is_some_and(|size| size != "0");
+            (comm.trim_end().starts_with(&prefix) && has_mm).then_some(())
+        })
         .count()
 }
 
