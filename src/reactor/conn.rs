@@ -6,7 +6,7 @@
 //! a queue; what the reactor must do next comes back as [`Next`].
 
 use std::cell::RefCell;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read, Write};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -29,18 +29,18 @@ use crate::protocol;
 use crate::throttle::log_throttled;
 use crate::worker::Job;
 
-type Ws = Box<WebSocket<Socket>>;
+type Ws<S> = Box<WebSocket<Socket<S>>>;
 type Verdict = Rc<RefCell<Option<Result<Identity, Rejection>>>>;
 
 /// Where a connection is in its life.
-enum Stage {
+enum Stage<S: Read + Write> {
     /// Reading the upgrade request; then, once accepted, holding the `101` until the register
     /// role has inserted the session; then writing it.
-    Handshake(Box<MidHandshake<ServerHandshake<Socket, Auth>>>, Verdict),
+    Handshake(Box<MidHandshake<ServerHandshake<Socket<S>, Auth>>>, Verdict),
     /// Upgraded and registered: requests are served.
-    Open(Ws),
+    Open(Ws<S>),
     /// Our or the peer's close frame is out; waiting for the other one, or the deadline.
-    Closing(Ws),
+    Closing(Ws<S>),
     /// Transient, while a stage is being replaced.
     Gone,
 }
@@ -133,9 +133,10 @@ pub(crate) fn error_response(status: u16, body: &str) -> ErrorResponse {
     resp
 }
 
-/// One connection owned by a reactor.
-pub(crate) struct Conn {
-    stage: Stage,
+/// One connection owned by a reactor, on a TCP socket (`S` is an in-memory pipe only in the
+/// fuzzing harness).
+pub(crate) struct Conn<S: Read + Write = TcpStream> {
+    stage: Stage<S>,
     pub(super) session: Option<Arc<SessionHandle>>,
     token: usize,
     /// Handshake or registration deadline, then close deadline (reactor milliseconds).
@@ -163,9 +164,9 @@ pub(crate) struct Conn {
     close_when_answered: bool,
 }
 
-impl Conn {
+impl<S: Read + Write> Conn<S> {
     /// Starts the server handshake on a freshly accepted, already registered socket.
-    pub(crate) fn start(stream: TcpStream, token: usize, ctx: &Ctx) -> Conn {
+    pub(crate) fn start(stream: S, token: usize, ctx: &Ctx) -> Conn<S> {
         let verdict = Verdict::default();
         let auth = Auth { ctx: ctx.shared.clone(), verdict: verdict.clone() };
         let mid = ServerHandshake::start(Socket::held(stream), auth, Some(ctx.shared.ws_config));
@@ -193,6 +194,16 @@ impl Conn {
 
     pub(crate) fn is_closing(&self) -> bool {
         matches!(self.stage, Stage::Closing(_))
+    }
+
+    /// Where the connection is, for the fuzzing harness's end-state checks.
+    pub(crate) fn stage_name(&self) -> &'static str {
+        match self.stage {
+            Stage::Handshake(..) => "handshake",
+            Stage::Open(_) => "open",
+            Stage::Closing(_) => "closing",
+            Stage::Gone => "gone",
+        }
     }
 
     /// Readiness from the poll.
@@ -284,7 +295,7 @@ impl Conn {
     }
 
     /// The `101` is out.
-    fn upgraded(&mut self, ctx: &mut Ctx, ws: Ws, verdict: &Verdict) -> Next {
+    fn upgraded(&mut self, ctx: &mut Ctx, ws: Ws<S>, verdict: &Verdict) -> Next {
         self.stage = Stage::Open(ws);
         self.last_seen = ctx.now;
         self.last_ping = ctx.now;

@@ -7,6 +7,7 @@
 //! to [`conn::Conn`].
 
 mod conn;
+pub(crate) mod harness;
 mod socket;
 
 use std::collections::VecDeque;
