@@ -67,6 +67,9 @@ pub struct Script {
     pub small_limit: bool,
     /// After the last step, the peer's end of stream (FIN): the connection must then end.
     pub eof: bool,
+    /// After this many steps, a newer login of [`USER`] on platform 1 (run through the register
+    /// role) kicks the session: 2002, then close 1008, whatever stage it is in.
+    pub kick_after: Option<usize>,
     /// The turns, in order.
     pub steps: Vec<Step>,
 }
@@ -85,13 +88,15 @@ pub struct Step {
 }
 
 impl Script {
-    /// Reads a script from arbitrary bytes (a fuzzer's input): one flags byte, then steps of a
-    /// length byte, a knobs byte and that many input bytes.
+    /// Reads a script from arbitrary bytes (a fuzzer's input): one flags byte (login, limit,
+    /// EOF, kick), then steps of a length byte, a knobs byte and that many input bytes.
     pub fn from_bytes(data: &[u8]) -> Script {
         let Some((&flags, mut rest)) = data.split_first() else { return Script::default() };
         let login = [Login::None, Login::Open, Login::Valid, Login::Valid, Login::ValidMsgResp, Login::RefusedMsgResp]
             [usize::from(flags & 7) % 6];
-        let mut script = Script { login, small_limit: flags & 8 != 0, eof: flags & 16 != 0, steps: Vec::new() };
+        let kick_after = (flags >> 5).checked_sub(1).map(usize::from);
+        let mut script =
+            Script { login, small_limit: flags & 8 != 0, eof: flags & 16 != 0, kick_after, steps: Vec::new() };
         while let [len, knobs, tail @ ..] = rest {
             let n = usize::from(*len).min(tail.len());
             let (input, tail) = tail.split_at(n);
@@ -239,8 +244,9 @@ impl Outcome {
                     }
                     t.texts.push(text.as_str().to_owned());
                 }
-                Ok(Message::Close(frame)) => {
-                    t.close_code = Some(frame.map_or(1005, |f| u16::from(f.code)));
+                Ok(Message::Close(_)) => {
+                    // tungstenite reports a code it may not receive as 1002: read the real one.
+                    t.close_code = Some(raw_close_code(&self.output[head_end + 4..]).unwrap_or(1005));
                 }
                 Ok(Message::Binary(_)) => return Err("the gateway sent a binary frame".into()),
                 Ok(_) => {} // ping or pong
@@ -297,6 +303,23 @@ impl Outcome {
     }
 }
 
+/// The code in the first close frame of a server's (unmasked) frames, read from the bytes.
+fn raw_close_code(mut frames: &[u8]) -> Option<u16> {
+    while let [b0, b1, rest @ ..] = frames {
+        let (len, rest) = match b1 & 0x7f {
+            126 => (usize::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?)), &rest[2..]),
+            127 => (usize::try_from(u64::from_be_bytes(rest.get(..8)?.try_into().ok()?)).ok()?, &rest[8..]),
+            n => (usize::from(n), rest),
+        };
+        let payload = rest.get(..len)?;
+        if b0 & 0x0f == 0x8 {
+            return payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+        }
+        frames = &rest[len..];
+    }
+    None
+}
+
 fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(&b[..b.len().min(200)]).into_owned()
 }
@@ -336,6 +359,8 @@ struct Harness {
     register_state: RoleState,
     unregister_state: RoleState,
     waiters: [Arc<Waiters>; 2],
+    /// The newer login that kicked the session, if the script has one.
+    newer: Option<Arc<SessionHandle>>,
     peak_lists: usize,
     _poll: mio::Poll,
 }
@@ -355,9 +380,16 @@ pub fn run(script: &Script) -> Outcome {
             steps.push(Step { input: request, write_room: usize::MAX, ..Step::default() });
         }
     }
+    let logins = steps.len();
     steps.extend(script.steps.iter().cloned());
-    for step in &steps {
+    for (i, step) in steps.iter().enumerate() {
+        if i >= logins && script.kick_after == Some(i - logins) {
+            h.kick();
+        }
         h.turn(step, false);
+    }
+    if script.kick_after.is_some_and(|k| k >= script.steps.len()) {
+        h.kick();
     }
     if script.eof {
         // The peer's FIN, then time running past every deadline, with room to write.
@@ -370,6 +402,7 @@ pub fn run(script: &Script) -> Outcome {
         }
     }
     h.roles_turn();
+    h.log_out_newer();
     h.outcome(script)
 }
 
@@ -457,6 +490,7 @@ impl Harness {
             register_state: RoleState::default(),
             unregister_state: RoleState::default(),
             waiters,
+            newer: None,
             peak_lists: 0,
             _poll: poll,
         }
@@ -492,6 +526,26 @@ impl Harness {
         }
         self.roles_turn();
         self.drain_inbox();
+    }
+
+    /// A newer login of [`USER`] on platform 1, registered by the register role as if from
+    /// another reactor's socket (it has no connection here; frames for it are skipped).
+    fn kick(&mut self) {
+        let conn = self.ctx.shared.next_conn.fetch_add(1, Relaxed);
+        let platform = crate::policy::Platform::from_id(1).expect("platform 1");
+        let newer = Arc::new(SessionHandle::new(Arc::from(USER), platform, conn, false, 1, self.ctx.mailbox.clone()));
+        roles::register(&self.roles, &mut self.register_state, &newer);
+        self.newer = Some(newer);
+        self.drain_inbox();
+    }
+
+    /// The newer login ends too, so the registry can be checked empty.
+    fn log_out_newer(&mut self) {
+        if let Some(newer) = self.newer.take() {
+            newer.mark_ended();
+            roles::unregister(&self.roles, &mut self.unregister_state, &newer);
+            self.drain_inbox();
+        }
     }
 
     /// The register and unregister roles take what is queued for them (as `roles::spawn`).
