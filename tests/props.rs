@@ -481,3 +481,19 @@ fn the_end_state_check_catches_what_it_guards() {
         assert!(broken(&|o| o.output.extend(vec![0x81; 9000])).is_some(), "output past the bound");
     });
 }
+
+/// Found by `cargo fuzz run session` (artifact crash-b617df25…): a close frame without a body
+/// (no status code) is answered with a close frame without a body, as RFC 6455 asks. The
+/// harness's oracle had read that as close code 1005 on the wire.
+#[test]
+fn a_close_without_a_code_is_answered_without_a_code() {
+    watchdog(LIMIT, || {
+        let artifact = [
+            2, 8, 8, 136, 128, 4, 0, 0, 0, 0, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 0,
+        ];
+        let outcome = fuzzing::run(&Script::from_bytes(&artifact));
+        let t = outcome.check().unwrap();
+        assert!(t.closed && t.close_code.is_none(), "{t:?}");
+        assert_eq!(outcome.end.as_deref(), Some("Closed"));
+    });
+}

@@ -208,7 +208,10 @@ pub struct Transcript {
     pub status: Option<u16>,
     /// Text frames after a `101`, in order.
     pub texts: Vec<String>,
-    /// The code of the close frame the gateway sent, if it sent one.
+    /// The gateway sent a close frame.
+    pub closed: bool,
+    /// The code in that close frame; `None` for a close frame without a body (which is how
+    /// the gateway answers a peer's close without a code, as RFC 6455 asks).
     pub close_code: Option<u16>,
 }
 
@@ -239,14 +242,15 @@ impl Outcome {
         loop {
             match ws.read() {
                 Ok(Message::Text(text)) => {
-                    if t.close_code.is_some() {
+                    if t.closed {
                         return Err("a text frame after the close frame".into());
                     }
                     t.texts.push(text.as_str().to_owned());
                 }
                 Ok(Message::Close(_)) => {
                     // tungstenite reports a code it may not receive as 1002: read the real one.
-                    t.close_code = Some(raw_close_code(&self.output[head_end + 4..]).unwrap_or(1005));
+                    t.closed = true;
+                    t.close_code = raw_close_code(&self.output[head_end + 4..]);
                 }
                 Ok(Message::Binary(_)) => return Err("the gateway sent a binary frame".into()),
                 Ok(_) => {} // ping or pong
@@ -303,7 +307,8 @@ impl Outcome {
     }
 }
 
-/// The code in the first close frame of a server's (unmasked) frames, read from the bytes.
+/// The code in the first close frame of a server's (unmasked) frames, read from the bytes;
+/// `None` if there is none or it has no body.
 fn raw_close_code(mut frames: &[u8]) -> Option<u16> {
     while let [b0, b1, rest @ ..] = frames {
         let (len, rest) = match b1 & 0x7f {
