@@ -497,3 +497,22 @@ fn a_close_without_a_code_is_answered_without_a_code() {
         assert_eq!(outcome.end.as_deref(), Some("Closed"));
     });
 }
+
+#[test]
+fn a_watched_user_logging_in_is_pushed_before_the_kick() {
+    watchdog(LIMIT, || {
+        let sub = br#"{"reqIdentifier":2005,"msgIncr":"1","data":{"subscribeUserIDs":["u2"]}}"#;
+        let step =
+            Step { input: client_frame(0x1, true, sub, [1, 2, 3, 4]), write_room: usize::MAX, ..Step::default() };
+        let script =
+            Script { login: Login::Valid, eof: true, kick_after: Some(1), steps: vec![step], ..Script::default() };
+        let outcome = fuzzing::run(&script);
+        let t = outcome.check().unwrap();
+        let texts: Vec<Value> = t.texts.iter().map(|x| serde_json::from_str(x).unwrap()).collect();
+        assert_eq!(texts.len(), 3, "{texts:?}");
+        assert_eq!(texts[0]["data"]["subscribers"], json!([{"userID":"u2","onlinePlatformIDs":[]}]));
+        assert_eq!(texts[1]["data"]["subscribers"], json!([{"userID":"u2","onlinePlatformIDs":[1]}]));
+        assert_eq!(texts[2]["reqIdentifier"], 2002);
+        assert_eq!(t.close_code, Some(1008));
+    });
+}

@@ -67,8 +67,9 @@ pub struct Script {
     pub small_limit: bool,
     /// After the last step, the peer's end of stream (FIN): the connection must then end.
     pub eof: bool,
-    /// After this many steps, a newer login of [`USER`] on platform 1 (run through the register
-    /// role) kicks the session: 2002, then close 1008, whatever stage it is in.
+    /// After this many steps, user `u2` logs in (a 2005 push, if the session watches `u2`), then
+    /// a newer login of [`USER`] on platform 1 kicks the session: 2002, then close 1008,
+    /// whatever stage it is in. Both go through the register role's own code.
     pub kick_after: Option<usize>,
     /// The turns, in order.
     pub steps: Vec<Step>,
@@ -364,8 +365,8 @@ struct Harness {
     register_state: RoleState,
     unregister_state: RoleState,
     waiters: [Arc<Waiters>; 2],
-    /// The newer login that kicked the session, if the script has one.
-    newer: Option<Arc<SessionHandle>>,
+    /// Logins from elsewhere (`u2`'s, and the newer one that kicked the session).
+    others: Vec<Arc<SessionHandle>>,
     peak_lists: usize,
     _poll: mio::Poll,
 }
@@ -407,7 +408,7 @@ pub fn run(script: &Script) -> Outcome {
         }
     }
     h.roles_turn();
-    h.log_out_newer();
+    h.log_out_others();
     h.outcome(script)
 }
 
@@ -495,7 +496,7 @@ impl Harness {
             register_state: RoleState::default(),
             unregister_state: RoleState::default(),
             waiters,
-            newer: None,
+            others: Vec::new(),
             peak_lists: 0,
             _poll: poll,
         }
@@ -533,22 +534,25 @@ impl Harness {
         self.drain_inbox();
     }
 
-    /// A newer login of [`USER`] on platform 1, registered by the register role as if from
-    /// another reactor's socket (it has no connection here; frames for it are skipped).
+    /// `u2` logs in, then a newer login of [`USER`] on platform 1, as if from another reactor's
+    /// sockets (they have no connection here; frames for them are skipped).
     fn kick(&mut self) {
-        let conn = self.ctx.shared.next_conn.fetch_add(1, Relaxed);
         let platform = crate::policy::Platform::from_id(1).expect("platform 1");
-        let newer = Arc::new(SessionHandle::new(Arc::from(USER), platform, conn, false, 1, self.ctx.mailbox.clone()));
-        roles::register(&self.roles, &mut self.register_state, &newer);
-        self.newer = Some(newer);
-        self.drain_inbox();
+        for user in ["u2", USER] {
+            let conn = self.ctx.shared.next_conn.fetch_add(1, Relaxed);
+            let other =
+                Arc::new(SessionHandle::new(Arc::from(user), platform, conn, false, 1, self.ctx.mailbox.clone()));
+            roles::register(&self.roles, &mut self.register_state, &other);
+            self.others.push(other);
+            self.drain_inbox();
+        }
     }
 
-    /// The newer login ends too, so the registry can be checked empty.
-    fn log_out_newer(&mut self) {
-        if let Some(newer) = self.newer.take() {
-            newer.mark_ended();
-            roles::unregister(&self.roles, &mut self.unregister_state, &newer);
+    /// The other logins end too, so the registry can be checked empty.
+    fn log_out_others(&mut self) {
+        for other in std::mem::take(&mut self.others) {
+            other.mark_ended();
+            roles::unregister(&self.roles, &mut self.unregister_state, &other);
             self.drain_inbox();
         }
     }
