@@ -238,6 +238,18 @@ fn a_mutated_token_is_refused() {
     });
 }
 
+/// Found by `cargo fuzz run handshake`, in the target's own oracle: a token edited down to
+/// nothing is a missing argument (400, 1602, as PROTOCOL.md says), not a bad token (401).
+#[test]
+fn an_empty_token_is_a_missing_argument_not_a_bad_token() {
+    watchdog(LIMIT, || {
+        let r = admit(Some("token=&sendID=u1&platformID=1"), &key(), NOW).unwrap_err();
+        assert_eq!((r.status, r.code), (400, 1602), "{r:?}");
+        let r = admit(Some("token=%41&sendID=u1&platformID=1"), &key(), NOW).unwrap_err();
+        assert_eq!((r.status, r.code), (401, 1503), "{r:?}");
+    });
+}
+
 /// A masked client frame.
 fn client_frame(opcode: u8, fin: bool, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
     let mut out = vec![(u8::from(fin) << 7) | opcode];
