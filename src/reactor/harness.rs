@@ -27,12 +27,14 @@ use super::conn::{Conn, End, Next};
 use super::{Ctx, RoleSender, Shared};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
-use crate::mailbox::{Delivery, Mailbox, SessionHandle};
+use crate::handler::Frame;
+use crate::mailbox::{CloseOrder, Delivery, Mailbox, Out, ReplyError, SessionHandle};
 use crate::metrics::{add, Metrics};
 use crate::presence::Presence;
 use crate::registry::Registry;
 use crate::roles::{self, RoleCtx, RoleState, Waiters};
 use crate::token::TokenKey;
+use crate::worker::{self, Job};
 
 /// The secret the harness's gateway verifies tokens with.
 pub const SECRET: &str = "fuzz-secret";
@@ -41,6 +43,9 @@ pub const USER: &str = "u1";
 /// Turns the harness gives a connection to end after the end of its input (EOF), with time
 /// running on past every deadline. A connection still there after them is a leak.
 const EOF_TURNS: usize = 16;
+/// Turns the raw echo worker retries an answer that finds the inbox full before it orders the
+/// session closed (the harness's stand-in for `worker::REPLY_PATIENCE`).
+const WORKER_PATIENCE: usize = 4;
 
 /// How the connection starts and what the gateway is configured with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -56,6 +61,11 @@ pub enum Login {
     ValidMsgResp,
     /// A refused upgrade (bad token) with `isMsgResp=true`: upgraded, error frame, close 1008.
     RefusedMsgResp,
+    /// As `Open`, with a raw echo handler (the embedding API's `raw` mode, as `examples/echo.rs`):
+    /// every frame goes to a worker, whose answer the harness delivers turn by turn.
+    OpenRawEcho,
+    /// As `Valid`, with the raw echo handler.
+    ValidRawEcho,
 }
 
 /// What the harness runs.
@@ -93,8 +103,16 @@ impl Script {
     /// EOF, kick), then steps of a length byte, a knobs byte and that many input bytes.
     pub fn from_bytes(data: &[u8]) -> Script {
         let Some((&flags, mut rest)) = data.split_first() else { return Script::default() };
-        let login = [Login::None, Login::Open, Login::Valid, Login::Valid, Login::ValidMsgResp, Login::RefusedMsgResp]
-            [usize::from(flags & 7) % 6];
+        let login = [
+            Login::None,
+            Login::Open,
+            Login::Valid,
+            Login::ValidRawEcho,
+            Login::ValidMsgResp,
+            Login::RefusedMsgResp,
+            Login::OpenRawEcho,
+            Login::Valid,
+        ][usize::from(flags & 7)];
         let kick_after = (flags >> 5).checked_sub(1).map(usize::from);
         let mut script =
             Script { login, small_limit: flags & 8 != 0, eof: flags & 16 != 0, kick_after, steps: Vec::new() };
@@ -194,6 +212,8 @@ pub struct Outcome {
     pub stage: &'static str,
     /// The script ended with EOF.
     pub eof: bool,
+    /// The gateway ran the raw echo handler: its frames are the peer's, not JSON envelopes.
+    pub raw: bool,
     /// The gauges and the registry after the run: `(connections, sessions, registry_sessions,
     /// presence_subscriptions, owned sockets)`, all 0 once it ended.
     pub leftovers: [i64; 5],
@@ -209,6 +229,8 @@ pub struct Transcript {
     pub status: Option<u16>,
     /// Text frames after a `101`, in order.
     pub texts: Vec<String>,
+    /// Binary frames after a `101`, in order.
+    pub binaries: Vec<Vec<u8>>,
     /// The gateway sent a close frame.
     pub closed: bool,
     /// The code in that close frame; `None` for a close frame without a body (which is how
@@ -253,7 +275,12 @@ impl Outcome {
                     t.closed = true;
                     t.close_code = raw_close_code(&self.output[head_end + 4..]);
                 }
-                Ok(Message::Binary(_)) => return Err("the gateway sent a binary frame".into()),
+                Ok(Message::Binary(b)) => {
+                    if t.closed {
+                        return Err("a binary frame after the close frame".into());
+                    }
+                    t.binaries.push(b.to_vec());
+                }
                 Ok(_) => {} // ping or pong
                 Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => return Ok(t),
                 // The output ends, whole frames or in the middle of one (the socket was full).
@@ -292,9 +319,14 @@ impl Outcome {
             return Err(format!("a reactor list held {} entries for one connection", self.peak_lists));
         }
         let t = self.transcript()?;
-        for text in &t.texts {
-            serde_json::from_str::<serde_json::Value>(text)
-                .map_err(|e| format!("text frame is not JSON ({e}): {text:?}"))?;
+        if !self.raw {
+            for text in &t.texts {
+                serde_json::from_str::<serde_json::Value>(text)
+                    .map_err(|e| format!("text frame is not JSON ({e}): {text:?}"))?;
+            }
+            if !t.binaries.is_empty() {
+                return Err("the gateway sent a binary frame".into());
+            }
         }
         if let Some(code) = t.close_code {
             if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
@@ -367,6 +399,10 @@ struct Harness {
     waiters: [Arc<Waiters>; 2],
     /// Logins from elsewhere (`u2`'s, and the newer one that kicked the session).
     others: Vec<Arc<SessionHandle>>,
+    /// The raw echo handler's worker queue, if the script has one.
+    worker_rx: Option<Receiver<Job>>,
+    /// Answers the worker could not hand over yet (inbox full), and the turns they waited.
+    unanswered: VecDeque<(Arc<SessionHandle>, Out, usize)>,
     peak_lists: usize,
     _poll: mio::Poll,
 }
@@ -376,8 +412,8 @@ pub fn run(script: &Script) -> Outcome {
     let mut h = Harness::new(script);
     let mut steps: Vec<Step> = Vec::with_capacity(script.steps.len() + 1);
     match script.login {
-        Login::None | Login::Open => {}
-        Login::Valid | Login::ValidMsgResp => {
+        Login::None | Login::Open | Login::OpenRawEcho => {}
+        Login::Valid | Login::ValidMsgResp | Login::ValidRawEcho => {
             let request = upgrade_request(&login_query(script.login == Login::ValidMsgResp));
             steps.push(Step { input: request, write_room: usize::MAX, ..Step::default() });
         }
@@ -416,7 +452,7 @@ impl Harness {
     fn new(script: &Script) -> Harness {
         let mut config = Config {
             secret: Some(SECRET.into()),
-            require_token: script.login != Login::Open,
+            require_token: !matches!(script.login, Login::Open | Login::OpenRawEcho),
             // Small queues, so every "queue full" fallback is on the path.
             register_queue: 1,
             unregister_queue: 1,
@@ -449,13 +485,20 @@ impl Harness {
         let (register_tx, register_rx) = bounded(config.register_queue);
         let (unregister_tx, unregister_rx) = bounded(config.unregister_queue);
         let waiters = [Arc::new(Waiters::new(vec![mailbox.clone()])), Arc::new(Waiters::new(vec![mailbox.clone()]))];
+        let (pool, worker_rx) = if matches!(script.login, Login::OpenRawEcho | Login::ValidRawEcho) {
+            let echo: Arc<dyn crate::handler::Handler> = Arc::new(crate::handler::raw(|_, frame| Some(frame)));
+            let (pool, mut rxs) = worker::queues(echo, 1, 2);
+            (Some(pool), rxs.pop())
+        } else {
+            (None, None)
+        };
         let dispatcher = Dispatcher::new(
             registry.clone(),
             metrics.clone(),
             "fuzz-0".into(),
             presence.clone(),
             config.max_subscriptions,
-            None,
+            pool.as_ref().map(|p| p.handler.clone()),
         );
         let roles =
             RoleCtx { registry, presence, metrics, policy: config.multi_login_policy, register_delay: Duration::ZERO };
@@ -476,7 +519,7 @@ impl Harness {
             event_backlog: Vec::new(),
             dirty: Vec::new(),
             ready: Vec::new(),
-            pool: None,
+            pool,
         };
         let pipe = Pipe::default();
         // As the acceptor and `Reactor::accept_handoffs` do for a new socket.
@@ -497,6 +540,8 @@ impl Harness {
             unregister_state: RoleState::default(),
             waiters,
             others: Vec::new(),
+            worker_rx,
+            unanswered: VecDeque::new(),
             peak_lists: 0,
             _poll: poll,
         }
@@ -557,8 +602,37 @@ impl Harness {
         }
     }
 
+    /// The raw echo worker takes its jobs (as `worker::Worker::run` for a raw handler that
+    /// answers every frame with itself) and hands the answers over as `worker::reply` does,
+    /// except that it retries on the next turn instead of sleeping: after
+    /// [`WORKER_PATIENCE`] turns of a full inbox it orders the session closed (1013).
+    fn worker_turn(&mut self) {
+        let Some(rx) = &self.worker_rx else { return };
+        while let Ok(job) = rx.try_recv() {
+            if let Job::Frame { session, frame } = job {
+                let out = match frame {
+                    Frame::Text(t) => Out::Text(t.into()),
+                    Frame::Binary(b) => Out::Binary(b.into()),
+                };
+                let out = if out.len() > self.ctx.shared.config.outbound_budget { Out::Nothing } else { out };
+                self.unanswered.push_back((session, out, 0));
+            } // connect and disconnect events: the echo handler ignores them
+        }
+        for _ in 0..self.unanswered.len() {
+            let Some((session, out, waited)) = self.unanswered.pop_front() else { break };
+            match session.try_reply(out) {
+                Ok(()) | Err(ReplyError::Not(_)) => {}
+                Err(ReplyError::Full(_)) if waited >= WORKER_PATIENCE => {
+                    session.order_close(CloseOrder::Overloaded);
+                }
+                Err(ReplyError::Full(out)) => self.unanswered.push_back((session, out, waited + 1)),
+            }
+        }
+    }
+
     /// The register and unregister roles take what is queued for them (as `roles::spawn`).
     fn roles_turn(&mut self) {
+        self.worker_turn();
         while let Ok(session) = self.register_rx.try_recv() {
             self.waiters[0].wake_waiting();
             roles::register(&self.roles, &mut self.register_state, &session);
@@ -643,6 +717,9 @@ impl Harness {
         if let Some(session) = conn.session.clone() {
             session.mark_ended();
             add(&metrics.sessions, -1);
+            if conn.announced {
+                self.ctx.event(Job::Disconnect(session.clone()));
+            }
             self.ctx.dispatcher.session_ended(&session);
             self.ctx.unregister(session);
         }
@@ -670,6 +747,7 @@ impl Harness {
             bug,
             stage: self.stage,
             eof: script.eof,
+            raw: matches!(script.login, Login::OpenRawEcho | Login::ValidRawEcho),
             leftovers,
             peak_lists: self.peak_lists,
         }
