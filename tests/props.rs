@@ -397,7 +397,14 @@ fn session_survives_arbitrary_bytes() {
 fn session_survives_mutated_streams_of_valid_frames() {
     let parts = || {
         (
-            prop::sample::select(vec![Login::Valid, Login::ValidMsgResp, Login::RefusedMsgResp, Login::Open]),
+            prop::sample::select(vec![
+                Login::Valid,
+                Login::ValidMsgResp,
+                Login::RefusedMsgResp,
+                Login::Open,
+                Login::ValidRawEcho,
+                Login::OpenRawEcho,
+            ]),
             any::<bool>(),
             any::<bool>(),
             prop::collection::vec(client_frame_strategy(), 0..12),
@@ -408,7 +415,7 @@ fn session_survives_mutated_streams_of_valid_frames() {
     };
     check(2048, parts, |(login, small_limit, eof, frames, damages, cuts, kick_after)| {
         let mut stream: Vec<u8> = frames.concat();
-        if login == Login::Open {
+        if matches!(login, Login::Open | Login::OpenRawEcho) {
             let mut upgrade = fuzzing::upgrade_request("sendID=u1&platformID=1");
             upgrade.append(&mut stream);
             stream = upgrade;
@@ -527,4 +534,38 @@ fn a_watched_user_logging_in_is_pushed_before_the_kick() {
         assert_eq!(texts[2]["reqIdentifier"], 2002);
         assert_eq!(t.close_code, Some(1008));
     });
+}
+
+#[test]
+fn raw_echo_answers_every_frame_in_order_then_closes_cleanly() {
+    // The embedding API's raw mode (as examples/echo.rs): one frame in flight at a time, so
+    // every answer precedes the next read, and the client's close is read after the last one.
+    let frames = || prop::collection::vec((any::<bool>(), prop::collection::vec(any::<u8>(), 0..300)), 0..8);
+    check(
+        256,
+        move || (frames(), prop::collection::vec((any::<u8>(), 0u8..4), 1..6)),
+        |(frames, cuts)| {
+            let mut stream = Vec::new();
+            let (mut texts, mut binaries) = (Vec::new(), Vec::new());
+            for (text, bytes) in &frames {
+                if *text {
+                    let t = String::from_utf8_lossy(bytes).into_owned();
+                    stream.extend(client_frame(0x1, true, t.as_bytes(), [7, 0, 7, 0]));
+                    texts.push(t);
+                } else {
+                    stream.extend(client_frame(0x2, true, bytes, [0, 9, 0, 9]));
+                    binaries.push(bytes.clone());
+                }
+            }
+            stream.extend(client_frame(0x8, true, &1000u16.to_be_bytes(), [1, 2, 3, 4]));
+            let steps = into_steps(&stream, &cuts);
+            let script = Script { login: Login::ValidRawEcho, eof: true, steps, ..Script::default() };
+            let outcome = fuzzing::run(&script);
+            let t = must_hold(&outcome)?;
+            prop_assert_eq!(&t.texts, &texts);
+            prop_assert_eq!(&t.binaries, &binaries);
+            prop_assert_eq!((t.close_code, outcome.end.as_deref()), (Some(1000), Some("Closed")));
+            Ok(())
+        },
+    );
 }
