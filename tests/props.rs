@@ -569,3 +569,17 @@ fn raw_echo_answers_every_frame_in_order_then_closes_cleanly() {
         },
     );
 }
+
+/// Found by `cargo fuzz run session` (artifact crash-46cd5291…): a raw session with dozens of
+/// pipelined frames and then EOF was still open 16 turns later. Not a leak: a raw session
+/// reads one frame per worker round trip, by design (answers keep the frames' order), so it
+/// needs a turn per frame; the harness now allows that many. It must end, with every echo out.
+#[test]
+fn a_raw_session_drains_pipelined_frames_after_eof_then_ends() {
+    watchdog(LIMIT, || {
+        let artifact = include_bytes!("../fuzz/seeds/session/regress_raw_pipelined_frames_after_eof");
+        let outcome = fuzzing::run(&Script::from_bytes(artifact));
+        let t = outcome.check().unwrap();
+        assert!(outcome.end.is_some() && t.binaries.len() > 16, "{:?}: {} echoes", outcome.end, t.binaries.len());
+    });
+}
