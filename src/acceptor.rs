@@ -7,8 +7,7 @@
 //! logged. Past `max_connections` it is refused at once. It blocks only in its own `poll`.
 
 use std::collections::VecDeque;
-use std::io::{ErrorKind, Read, Write};
-use std::net::Shutdown;
+use std::io::ErrorKind;
 use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +19,7 @@ use mio::{Events, Interest, Poll, Token};
 use crate::mailbox::Mailbox;
 use crate::metrics::{add, inc};
 use crate::protocol::{codes, status_json};
-use crate::reactor::{Shared, WAKE};
+use crate::reactor::{Shared, Stream, WAKE};
 use crate::throttle::log_throttled;
 use crate::watchdog::Beacon;
 
@@ -209,7 +208,7 @@ fn refuse(stream: TcpStream, msg: &str) {
 /// Writes `response` without blocking and shuts the socket's sending side. Best effort:
 /// whatever the client already sent (up to 64 KiB) is read first, so that closing does not turn
 /// into a reset that could destroy the response in flight.
-pub(crate) fn answer_and_close(mut stream: &TcpStream, response: &[u8]) {
+pub(crate) fn answer_and_close<S: Stream>(stream: &S, response: &[u8]) {
     let mut scratch = [0u8; 2048];
     for _ in 0..32 {
         match stream.read(&mut scratch) {
@@ -218,7 +217,7 @@ pub(crate) fn answer_and_close(mut stream: &TcpStream, response: &[u8]) {
         }
     }
     let _ = stream.write(response);
-    let _ = stream.shutdown(Shutdown::Write);
+    stream.shutdown_write();
 }
 
 pub(crate) fn waker(poll: &Poll) -> std::io::Result<mio::Waker> {

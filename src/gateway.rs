@@ -192,13 +192,7 @@ impl Gateway {
         let metrics = Arc::new(Metrics::default());
         let registry = Arc::new(Registry::new(metrics.clone()));
         let presence = Arc::new(Presence::new(metrics.clone()));
-        let write_threshold = (config.outbound_budget / 2).min(8192);
-        let ws_config = WebSocketConfig::default()
-            .read_buffer_size(config.read_buffer_size)
-            .write_buffer_size(write_threshold)
-            .max_write_buffer_size(config.outbound_budget)
-            .max_message_size(Some(config.max_message_size))
-            .max_frame_size(Some(config.max_message_size));
+        let ws_config = ws_config(&config);
         let boot_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
         let shared = Arc::new(Shared {
             key: TokenKey::new(config.secret_or_dev().as_bytes()),
@@ -683,4 +677,15 @@ impl fmt::Debug for GatewayHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GatewayHandle").field("local_addr", &self.inner.local_addr).finish_non_exhaustive()
     }
+}
+
+/// The tungstenite configuration every session of a gateway with `config` runs with.
+pub(crate) fn ws_config(config: &Config) -> WebSocketConfig {
+    let write_threshold = (config.outbound_budget / 2).min(8192);
+    WebSocketConfig::default()
+        .read_buffer_size(config.read_buffer_size)
+        .write_buffer_size(write_threshold)
+        .max_write_buffer_size(config.outbound_budget)
+        .max_message_size(Some(config.max_message_size))
+        .max_frame_size(Some(config.max_message_size))
 }

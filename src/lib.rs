@@ -29,6 +29,8 @@ pub mod bench;
 mod config;
 mod dispatch;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gateway;
 mod handler;
 mod mailbox;

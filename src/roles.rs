@@ -165,14 +165,14 @@ pub(crate) struct RoleState {
 }
 
 impl RoleState {
-    fn retry(&mut self, m: &Metrics) {
+    pub(crate) fn retry(&mut self, m: &Metrics) {
         let done = self.outbox.retry();
         inc_by(&m.presence_dropped, done.dropped);
     }
 }
 
 /// Removes one ended session; a session already gone (kicked, never inserted) is counted stale.
-fn unregister(ctx: &RoleCtx, state: &mut RoleState, session: &SessionHandle) {
+pub(crate) fn unregister(ctx: &RoleCtx, state: &mut RoleState, session: &SessionHandle) {
     match ctx.registry.unregister(session) {
         Some((platforms, version)) => {
             inc(&ctx.metrics.unregistered);

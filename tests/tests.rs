@@ -15,6 +15,7 @@ mod lifecycle;
 mod limits;
 mod model;
 mod presence;
+mod props;
 mod relay;
 mod seed;
 mod stall;

@@ -18,7 +18,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Error as WsError, Message, Utf8Bytes, WebSocket};
 
-use super::socket::Socket;
+use super::socket::{Socket, Stream};
 use super::Ctx;
 use crate::admission::{admit, admit_open, Identity, Rejection};
 use crate::dispatch::Action;
@@ -29,18 +29,18 @@ use crate::protocol;
 use crate::throttle::log_throttled;
 use crate::worker::Job;
 
-type Ws = Box<WebSocket<Socket>>;
+type Ws<S> = Box<WebSocket<Socket<S>>>;
 type Verdict = Rc<RefCell<Option<Result<Identity, Rejection>>>>;
 
 /// Where a connection is in its life.
-enum Stage {
+enum Stage<S: Stream> {
     /// Reading the upgrade request; then, once accepted, holding the `101` until the register
     /// role has inserted the session; then writing it.
-    Handshake(Box<MidHandshake<ServerHandshake<Socket, Auth>>>, Verdict),
+    Handshake(Box<MidHandshake<ServerHandshake<Socket<S>, Auth>>>, Verdict),
     /// Upgraded and registered: requests are served.
-    Open(Ws),
+    Open(Ws<S>),
     /// Our or the peer's close frame is out; waiting for the other one, or the deadline.
-    Closing(Ws),
+    Closing(Ws<S>),
     /// Transient, while a stage is being replaced.
     Gone,
 }
@@ -161,9 +161,10 @@ fn bad_upgrade_response(e: &WsError) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// One connection owned by a reactor.
-pub(crate) struct Conn {
-    stage: Stage,
+/// One connection owned by a reactor, on a TCP socket (`S` is an in-memory pipe only in the
+/// fuzzing harness).
+pub(crate) struct Conn<S: Stream = TcpStream> {
+    stage: Stage<S>,
     pub(super) session: Option<Arc<SessionHandle>>,
     token: usize,
     /// Handshake or registration deadline, then close deadline (reactor milliseconds).
@@ -196,9 +197,9 @@ pub(crate) struct Conn {
     close_when_answered: bool,
 }
 
-impl Conn {
+impl<S: Stream> Conn<S> {
     /// Starts the server handshake on a freshly accepted, already registered socket.
-    pub(crate) fn start(stream: TcpStream, token: usize, ctx: &Ctx) -> Conn {
+    pub(crate) fn start(stream: S, token: usize, ctx: &Ctx) -> Conn<S> {
         let verdict = Verdict::default();
         let auth = Auth { ctx: ctx.shared.clone(), verdict: verdict.clone() };
         let mid = ServerHandshake::start(Socket::held(stream), auth, Some(ctx.shared.ws_config));
@@ -227,6 +228,16 @@ impl Conn {
 
     pub(crate) fn is_closing(&self) -> bool {
         matches!(self.stage, Stage::Closing(_))
+    }
+
+    /// Where the connection is, for the fuzzing harness's end-state checks.
+    pub(crate) fn stage_name(&self) -> &'static str {
+        match self.stage {
+            Stage::Handshake(..) => "handshake",
+            Stage::Open(_) => "open",
+            Stage::Closing(_) => "closing",
+            Stage::Gone => "gone",
+        }
     }
 
     /// Readiness from the poll; `peer_closed`: the peer's FIN (or an error) has arrived.
@@ -282,7 +293,7 @@ impl Conn {
             Err(HandshakeError::Failure(e)) => {
                 inc(&ctx.shared.metrics.handshakes_failed);
                 if let Some(response) = bad_upgrade_response(&e) {
-                    crate::acceptor::answer_and_close(&stream, &response);
+                    crate::acceptor::answer_and_close(&*stream, &response);
                 }
                 Next::End(End::BadHandshake(e))
             }
@@ -322,7 +333,7 @@ impl Conn {
     }
 
     /// The `101` is out.
-    fn upgraded(&mut self, ctx: &mut Ctx, ws: Ws, verdict: &Verdict) -> Next {
+    fn upgraded(&mut self, ctx: &mut Ctx, ws: Ws<S>, verdict: &Verdict) -> Next {
         self.stage = Stage::Open(ws);
         self.last_seen = ctx.now;
         self.last_ping = ctx.now;

@@ -7,7 +7,10 @@
 //! to [`conn::Conn`].
 
 mod conn;
+pub(crate) mod harness;
 mod socket;
+
+pub(crate) use socket::Stream;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};

@@ -1,5 +1,6 @@
 //! The socket a connection's tungstenite state machine reads and writes: a mio `TcpStream`
-//! whose writes can be held back.
+//! (an in-memory pipe in the fuzzing harness, through the [`Stream`] trait) whose writes can be
+//! held back.
 //!
 //! Owns one trick: the upgrade's `101 Switching Protocols` is held (writes report `WouldBlock`)
 //! from accept until the reactor releases it, so that the response leaves only after the token
@@ -24,10 +25,42 @@ use std::rc::Rc;
 
 use mio::net::TcpStream;
 
-pub(crate) struct Socket {
+/// What a [`Socket`] needs of the stream under it: reads and writes through a shared reference
+/// (as `&TcpStream` allows, so that the connection can keep the stream to answer a failed
+/// upgrade after tungstenite dropped its socket), and the two ways to end it. `TcpStream` in
+/// the gateway, so the hot path is the same static calls as before; the fuzzing harness
+/// (`harness.rs`) puts an in-memory pipe here.
+pub(crate) trait Stream {
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize>;
+    fn write(&self, buf: &[u8]) -> io::Result<usize>;
+    /// Sends FIN after whatever was written; errors are ignored (the peer is gone already).
+    fn shutdown_write(&self);
+    /// Makes the coming close a reset (`SO_LINGER` 0).
+    fn reset_on_close(&self);
+}
+
+impl Stream for TcpStream {
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        Read::read(&mut &*self, buf)
+    }
+
+    fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        Write::write(&mut &*self, buf)
+    }
+
+    fn shutdown_write(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+
+    fn reset_on_close(&self) {
+        let _ = socket2::SockRef::from(self).set_linger(Some(std::time::Duration::ZERO));
+    }
+}
+
+pub(crate) struct Socket<S: Stream = TcpStream> {
     /// Shared with the connection only while it answers a failed upgrade, which tungstenite
     /// reports after dropping this wrapper.
-    stream: Rc<TcpStream>,
+    stream: Rc<S>,
     held: bool,
     /// The last read was short and no readable event has come since.
     drained: bool,
@@ -37,14 +70,14 @@ pub(crate) struct Socket {
     fin: bool,
 }
 
-impl Socket {
+impl<S: Stream> Socket<S> {
     /// Wraps `stream` with writes held.
-    pub(crate) fn held(stream: TcpStream) -> Socket {
+    pub(crate) fn held(stream: S) -> Socket<S> {
         Socket { stream: Rc::new(stream), held: true, drained: false, peer_closed: false, fin: false }
     }
 
-    /// The socket itself, to answer on after tungstenite gave up on the upgrade.
-    pub(crate) fn stream(&self) -> Rc<TcpStream> {
+    /// The stream itself, to answer on after tungstenite gave up on the upgrade.
+    pub(crate) fn stream(&self) -> Rc<S> {
         self.stream.clone()
     }
 
@@ -56,19 +89,18 @@ impl Socket {
         self.held = false;
     }
 
-    /// Sends FIN after whatever was written, once. A failure is ignored: the peer is gone
-    /// already, and the connection ends when its reads say so.
+    /// Sends FIN after whatever was written, once: how a failed connection ends its side.
     pub(crate) fn finish_writes(&mut self) {
         if !self.fin {
             self.fin = true;
-            let _ = self.stream.shutdown(std::net::Shutdown::Write);
+            self.stream.shutdown_write();
         }
     }
 
-    /// Makes the coming close a reset (`SO_LINGER` 0): for a peer that let a deadline pass,
-    /// so that no orphaned socket waits in FIN_WAIT for minutes with our unsent bytes.
+    /// Makes the coming close a reset: for a peer that let a deadline pass, so that no
+    /// orphaned socket waits in FIN_WAIT for minutes with our unsent bytes.
     pub(crate) fn reset_on_close(&self) {
-        let _ = socket2::SockRef::from(&*self.stream).set_linger(Some(std::time::Duration::ZERO));
+        self.stream.reset_on_close();
     }
 
     /// The reactor got a readable event (or must look anyway): the next read asks the kernel.
@@ -79,29 +111,30 @@ impl Socket {
     }
 }
 
-impl Read for Socket {
+impl<S: Stream> Read for Socket<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.drained {
             return Err(ErrorKind::WouldBlock.into());
         }
-        let n = (&*self.stream).read(buf)?;
+        let n = self.stream.read(buf)?;
         self.drained = n > 0 && n < buf.len() && !self.peer_closed;
         Ok(n)
     }
 }
 
-impl Write for Socket {
+impl<S: Stream> Write for Socket<S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.held {
             return Err(ErrorKind::WouldBlock.into());
         }
-        (&*self.stream).write(buf)
+        self.stream.write(buf)
     }
 
+    /// Nothing is buffered here (a `TcpStream`'s flush is a no-op too).
     fn flush(&mut self) -> io::Result<()> {
         if self.held {
             return Err(ErrorKind::WouldBlock.into());
         }
-        (&*self.stream).flush()
+        Ok(())
     }
 }
