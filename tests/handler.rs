@@ -95,8 +95,11 @@ fn worker_queue_full_answers_server_busy_at_once() {
         let (handler, entered, release) = gate();
         let gw = Gateway::start_with(Config { workers: 1, worker_queue: 1, ..config() }, handler).unwrap();
         let mut c = Client::connect(gw.local_addr(), "u1", 1);
-        // The connect event shares the queue: let the worker take it first.
-        crate::util::eventually(STEP, "connect event taken", || gw.worker_depths() == vec![(0, 1)]);
+        // The connect event shares the queue: let the worker take it first. (The client can see
+        // its 101 before the reactor queues the event, so an empty queue alone proves nothing.)
+        crate::util::eventually(STEP, "connect event taken", || {
+            gw.stats().handler_calls == 1 && gw.worker_depths() == vec![(0, 1)]
+        });
         request(&mut c, SLOW, "r1", Value::Null); // taken by the only worker, which blocks
         assert_eq!(entered.recv_timeout(STEP).unwrap(), "r1");
         request(&mut c, SLOW, "r2", Value::Null); // fills the queue of capacity 1
