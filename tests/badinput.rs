@@ -495,3 +495,67 @@ fn ten_thousand_bogus_tokens_are_all_401_with_no_growth_in_memory_or_descriptors
         drop(server);
     });
 }
+
+/// Regression: a frame whose header tungstenite refuses (a reserved opcode) cannot be read past,
+/// so the read after the close 1002 failed again and the session was dropped at once, even when
+/// the close frame (and everything queued before it) was still waiting for room in the socket:
+/// a client that was behind on reading got a FIN without a close frame, and lost the pushes
+/// queued for it. The close frame now leaves first, then the FIN.
+#[test]
+fn reserved_opcode_behind_a_full_socket_still_gets_its_close_frame() {
+    watchdog(LIMIT, || {
+        let gw = start(|c| {
+            quick(c);
+            // One reactor: the pushes below reach mallory's socket in the turn that answers
+            // alice's 1003, so once alice has every answer they are all queued for mallory.
+            c.io_threads = 1;
+            c.outbound_budget = 4 << 20;
+            c.socket_send_buffer = Some(4096);
+        });
+        let addr = gw.local_addr();
+        let mut by = Bystanders::connect(&gw);
+        let mut mallory = raw_session(addr, "mallory");
+        let mut alice = Client::connect(addr, "alice", 1);
+        eventually(STEP, "registered", || gw.sessions("mallory").len() == 1);
+        // About 1.2 MB for a client that does not read: far more than both kernels' buffers.
+        let content = "x".repeat(40_000);
+        for _ in 0..30 {
+            let incr = alice.send_msg("mallory", &content);
+            assert_eq!(alice.await_reply(&incr)["errCode"], 0);
+        }
+        mallory.write_all(&masked_frame(0x83, b"x")).unwrap();
+        let mut got = Vec::new();
+        mallory.read_to_end(&mut got).expect("the gateway ends the connection with a FIN");
+        // Server frames, unmasked: every push, then the close frame, then nothing.
+        let (mut at, mut texts, mut close) = (0, 0, None);
+        while at + 2 <= got.len() && close.is_none() {
+            let (op, len7) = (got[at] & 0x0f, usize::from(got[at + 1] & 0x7f));
+            let (len, head) = match len7 {
+                126 => (usize::from(u16::from_be_bytes([got[at + 2], got[at + 3]])), 4),
+                127 => (u64::from_be_bytes(got[at + 2..at + 10].try_into().unwrap()) as usize, 10),
+                n => (n, 2),
+            };
+            if at + head + len > got.len() {
+                break;
+            }
+            match op {
+                0x1 => texts += 1,
+                0x8 => close = Some(u16::from_be_bytes([got[at + head], got[at + head + 1]])),
+                _ => {}
+            }
+            at += head + len;
+        }
+        assert_eq!(
+            (texts, close, got.len() - at),
+            (30, Some(1002), 0),
+            "(pushes, close code, bytes after them) of {} bytes read",
+            got.len()
+        );
+        drop(mallory);
+        eventually(STEP, "ended", || gw.sessions("mallory").is_empty());
+        assert_eq!(gw.stats().protocol_closes, 1);
+        drop(alice);
+        by.check(&gw, "reserved opcode behind a full socket");
+        by.leave(&gw);
+    });
+}

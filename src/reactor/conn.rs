@@ -566,6 +566,15 @@ impl<S: Stream> Conn<S> {
         let m = &ctx.shared.metrics;
         match e {
             WsError::ConnectionClosed => Next::End(End::Closed),
+            // Bad input after the close began (already counted, if it was what began it):
+            // tungstenite may be stuck on a header it cannot read past, so read on raw. The
+            // close frame and whatever was queued before it still go out, then the FIN;
+            // dropping the socket here would cut them off if the socket was full.
+            WsError::Protocol(_) | WsError::Utf8(_) | WsError::Capacity(_) if self.is_closing() => {
+                self.failed = true;
+                self.raw_drain = true;
+                Keep
+            }
             // Our close frame is out; whatever else goes wrong now just ends it (counted once).
             e if self.is_closing() => Next::End(End::ErrorWhileClosing(e)),
             WsError::AlreadyClosed => Next::End(End::Bug("tungstenite: already closed".into())),
