@@ -731,6 +731,9 @@ impl<S: Stream> Conn<S> {
                     if !self.session.as_ref().is_some_and(|s| s.has_ended()) {
                         inc(&ctx.shared.metrics.handshake_timeouts);
                     }
+                    // As at the close deadline: a peer that let the deadline pass is reset, so
+                    // that a vanished one leaves no orphaned socket in FIN_WAIT for a minute.
+                    mid.get_ref().get_ref().reset_on_close();
                     return Next::End(End::HandshakeTimeout);
                 }
                 // Authenticated, but the register role has not inserted it in time. Cancel it, so
