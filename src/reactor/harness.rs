@@ -163,6 +163,8 @@ struct PipeState {
     output: Vec<u8>,
     /// The gateway shut its sending side (FIN): nothing more may be written.
     fin: bool,
+    /// The gateway tried to write after its FIN (a bug: the bytes would be lost).
+    wrote_after_fin: bool,
     /// The gateway asked for a reset on close.
     reset: bool,
 }
@@ -188,6 +190,7 @@ impl Stream for Pipe {
     fn write(&self, buf: &[u8]) -> io::Result<usize> {
         let mut p = self.0.borrow_mut();
         if p.fin {
+            p.wrote_after_fin |= !buf.is_empty();
             return Err(ErrorKind::BrokenPipe.into()); // as a TCP socket after shutdown(Write)
         }
         if p.room == 0 && !buf.is_empty() {
@@ -228,6 +231,8 @@ pub struct Outcome {
     /// The gauges and the registry after the run: `(connections, sessions, registry_sessions,
     /// presence_subscriptions, owned sockets)`, all 0 once it ended.
     pub leftovers: [i64; 5],
+    /// The gateway wrote after it had sent its FIN.
+    pub wrote_after_fin: bool,
     /// The largest number of entries seen at once in the harness's ready, dirty, register
     /// backlog, unregister backlog and inbox lists: none may grow without bound.
     pub peak_lists: usize,
@@ -310,6 +315,9 @@ impl Outcome {
         }
         if self.eof && self.end.is_none() {
             return Err(format!("still {} after EOF, with every deadline past", self.stage));
+        }
+        if self.wrote_after_fin {
+            return Err("wrote after its FIN".into());
         }
         if self.end.is_some() && self.leftovers != [0; 5] {
             return Err(format!(
@@ -754,6 +762,7 @@ impl Harness {
             Some(End::Bug(what)) => Some(what.clone()),
             _ => None,
         };
+        let wrote_after_fin = self.pipe.0.borrow().wrote_after_fin;
         Outcome {
             input_len: script.input_len(),
             output: std::mem::take(&mut self.pipe.0.borrow_mut().output),
@@ -763,6 +772,7 @@ impl Harness {
             eof: script.eof,
             raw: matches!(script.login, Login::OpenRawEcho | Login::ValidRawEcho),
             leftovers,
+            wrote_after_fin,
             peak_lists: self.peak_lists,
         }
     }
