@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicU64, Ordering::*};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -25,10 +25,9 @@ use crate::handler::Handler;
 use crate::mailbox::{CloseOrder, ConnId, Mailbox, NotDelivered, Outgoing};
 use crate::metrics::{inc, Metrics, Snapshot};
 use crate::policy::Platform;
-use crate::presence::Presence;
 use crate::protocol;
 use crate::reactor::{Queues, Reactor, RoleSender, Shared, REACTOR_LABELS};
-use crate::registry::{OnlineSession, Registry};
+use crate::registry::OnlineSession;
 use crate::roles::{self, Role, RoleCtx, Waiters, ROLE_LABELS};
 use crate::token::TokenKey;
 use crate::watchdog::{Beacon, Health, Monitor, QueueDepth, Watchdog, Watched};
@@ -190,22 +189,10 @@ impl Gateway {
         let local_addr = listener.local_addr().map_err(Error::io("reading the listen address"))?;
         let admin = config.admin_listen.map(crate::admin::bind).transpose()?;
         let metrics = Arc::new(Metrics::default());
-        let registry = Arc::new(Registry::new(metrics.clone()));
-        let presence = Arc::new(Presence::new(metrics.clone()));
-        let ws_config = ws_config(&config);
         let boot_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
-        let shared = Arc::new(Shared {
-            key: TokenKey::new(config.secret_or_dev().as_bytes()),
-            ws_config,
-            registry: registry.clone(),
-            presence: presence.clone(),
-            metrics: metrics.clone(),
-            shutdown: AtomicBool::new(false),
-            draining: AtomicBool::new(false),
-            next_conn: AtomicU64::new(1),
-            boot_id: format!("{boot_ms:x}"),
-            config,
-        });
+        let key = TokenKey::new(config.secret_or_dev().as_bytes());
+        let shared = Arc::new(Shared::new(config, key, format!("{boot_ms:x}"), &metrics));
+        let (registry, presence) = (shared.registry.clone(), shared.presence.clone());
         let config = &shared.config;
 
         let acceptor_poll = mio::Poll::new().map_err(Error::io("creating the acceptor's poll"))?;

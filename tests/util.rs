@@ -370,9 +370,13 @@ pub fn frame_header(opcode: u8, len: u64) -> Vec<u8> {
 /// A whole client frame: `first` is the FIN/RSV/opcode byte as sent, the payload is masked
 /// with a non-zero key (so a server that forgot to unmask would see garbage).
 pub fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    masked_frame_with(first, payload, [0x37, 0xfa, 0x21, 0x3d])
+}
+
+/// [`masked_frame`] with the masking `key` given.
+pub fn masked_frame_with(first: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
     let mut f = frame_header(0, payload.len() as u64);
     f[0] = first;
-    let key = [0x37, 0xfa, 0x21, 0x3d];
     let at = f.len() - 4;
     f[at..].copy_from_slice(&key);
     f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));

@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind, Read, Write};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,8 +30,6 @@ use crate::dispatch::Dispatcher;
 use crate::handler::Frame;
 use crate::mailbox::{CloseOrder, Delivery, Mailbox, Out, ReplyError, SessionHandle};
 use crate::metrics::{add, Metrics};
-use crate::presence::Presence;
-use crate::registry::Registry;
 use crate::roles::{self, RoleCtx, RoleState, Waiters};
 use crate::token::TokenKey;
 use crate::worker::{self, Job};
@@ -483,20 +481,8 @@ impl Harness {
             config.max_message_size = 256;
         }
         let metrics = Arc::new(Metrics::default());
-        let registry = Arc::new(Registry::new(metrics.clone()));
-        let presence = Arc::new(Presence::new(metrics.clone()));
-        let shared = Arc::new(Shared {
-            key: TokenKey::new(SECRET.as_bytes()),
-            ws_config: crate::gateway::ws_config(&config),
-            registry: registry.clone(),
-            presence: presence.clone(),
-            metrics: metrics.clone(),
-            shutdown: AtomicBool::new(false),
-            draining: AtomicBool::new(false),
-            next_conn: AtomicU64::new(1),
-            boot_id: "fuzz".into(),
-            config,
-        });
+        let shared = Arc::new(Shared::new(config, TokenKey::new(SECRET.as_bytes()), "fuzz".into(), &metrics));
+        let (registry, presence) = (shared.registry.clone(), shared.presence.clone());
         let config = &shared.config;
         let poll = mio::Poll::new().expect("a poll for the mailbox's waker");
         let waker = mio::Waker::new(poll.registry(), super::WAKE).expect("a waker");

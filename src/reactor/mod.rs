@@ -97,6 +97,25 @@ pub(crate) struct Shared {
     pub(crate) boot_id: String,
 }
 
+impl Shared {
+    /// The state every thread of one gateway shares, fresh: empty registry and presence map,
+    /// zeroed metrics (the same `Arc`s the caller hands to the roles), running.
+    pub(crate) fn new(config: Config, key: TokenKey, boot_id: String, metrics: &Arc<Metrics>) -> Shared {
+        Shared {
+            key,
+            ws_config: crate::gateway::ws_config(&config),
+            registry: Arc::new(Registry::new(metrics.clone())),
+            presence: Arc::new(Presence::new(metrics.clone())),
+            metrics: metrics.clone(),
+            shutdown: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            next_conn: AtomicU64::new(1),
+            boot_id,
+            config,
+        }
+    }
+}
+
 /// A reactor's queues, as handed to its thread.
 pub(crate) struct Queues {
     pub(crate) handoff: Receiver<TcpStream>,
