@@ -19,7 +19,7 @@ use mio::{Events, Interest, Poll, Token};
 use crate::mailbox::Mailbox;
 use crate::metrics::{add, inc};
 use crate::protocol::{codes, status_json};
-use crate::reactor::{Shared, Stream, WAKE};
+use crate::reactor::{answer_and_close, http_error, Shared, WAKE};
 use crate::throttle::log_throttled;
 use crate::watchdog::Beacon;
 
@@ -197,27 +197,7 @@ impl Acceptor {
 
 /// Answers HTTP 503 with errCode 1601 without blocking, then closes.
 fn refuse(stream: TcpStream, msg: &str) {
-    let body = status_json(codes::CONN_OVER_MAX, msg);
-    let response = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    answer_and_close(&stream, response.as_bytes());
-}
-
-/// Writes `response` without blocking and shuts the socket's sending side. Best effort:
-/// whatever the client already sent (up to 64 KiB) is read first, so that closing does not turn
-/// into a reset that could destroy the response in flight.
-pub(crate) fn answer_and_close<S: Stream>(stream: &S, response: &[u8]) {
-    let mut scratch = [0u8; 2048];
-    for _ in 0..32 {
-        match stream.read(&mut scratch) {
-            Ok(n) if n > 0 => continue,
-            _ => break,
-        }
-    }
-    let _ = stream.write(response);
-    stream.shutdown_write();
+    answer_and_close(&stream, &http_error(503, &status_json(codes::CONN_OVER_MAX, msg), &[]));
 }
 
 pub(crate) fn waker(poll: &Poll) -> std::io::Result<mio::Waker> {

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::bounded;
 use parking_lot::Mutex;
-use tungstenite::protocol::WebSocketConfig;
 use tungstenite::Utf8Bytes;
 
 use crate::acceptor::{self, Acceptor, Lane};
@@ -664,15 +663,4 @@ impl fmt::Debug for GatewayHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GatewayHandle").field("local_addr", &self.inner.local_addr).finish_non_exhaustive()
     }
-}
-
-/// The tungstenite configuration every session of a gateway with `config` runs with.
-pub(crate) fn ws_config(config: &Config) -> WebSocketConfig {
-    let write_threshold = (config.outbound_budget / 2).min(8192);
-    WebSocketConfig::default()
-        .read_buffer_size(config.read_buffer_size)
-        .write_buffer_size(write_threshold)
-        .max_write_buffer_size(config.outbound_budget)
-        .max_message_size(Some(config.max_message_size))
-        .max_frame_size(Some(config.max_message_size))
 }

@@ -18,7 +18,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Error as WsError, Message, Utf8Bytes, WebSocket};
 
-use super::socket::{Socket, Stream};
+use super::socket::{answer_and_close, Socket, Stream};
 use super::Ctx;
 use crate::admission::{admit, admit_open, Identity, Rejection};
 use crate::dispatch::Action;
@@ -123,7 +123,7 @@ impl Callback for Auth {
 }
 
 /// An HTTP error response with a JSON body and the headers a client needs to read it.
-pub(crate) fn error_response(status: u16, body: &str) -> ErrorResponse {
+fn error_response(status: u16, body: &str) -> ErrorResponse {
     let mut resp = ErrorResponse::new(Some(body.to_owned()));
     *resp.status_mut() = tungstenite::http::StatusCode::from_u16(status).unwrap_or_default();
     let headers = resp.headers_mut();
@@ -139,7 +139,7 @@ pub(crate) fn error_response(status: u16, body: &str) -> ErrorResponse {
 /// 4.4), 431 for an oversized head, 400 for the rest. `None` when the peer left mid-request.
 fn bad_upgrade_response(e: &WsError) -> Option<Vec<u8>> {
     use tungstenite::error::{CapacityError, ProtocolError as P};
-    let (status, extra): (u16, &[(&str, &str)]) = match e {
+    let (status, extra): (u16, &[(&'static str, &'static str)]) = match e {
         WsError::Protocol(P::HandshakeIncomplete) | WsError::Io(_) | WsError::ConnectionClosed => return None,
         WsError::Protocol(P::MissingConnectionUpgradeHeader | P::MissingUpgradeWebSocketHeader) => {
             (426, &[("upgrade", "websocket")])
@@ -150,15 +150,21 @@ fn bad_upgrade_response(e: &WsError) -> Option<Vec<u8>> {
         WsError::AttackAttempt | WsError::Capacity(CapacityError::TooManyHeaders) => (431, &[]),
         _ => (400, &[]),
     };
-    let body = protocol::status_json(protocol::codes::CONN_ARGS, &e.to_string());
-    let mut resp = error_response(status, &body);
+    Some(http_error(status, &protocol::status_json(protocol::codes::CONN_ARGS, &e.to_string()), extra))
+}
+
+/// [`error_response`] with `extra` headers, as the bytes to write on a socket tungstenite is
+/// not (or no longer) driving.
+pub(crate) fn http_error(status: u16, body: &str, extra: &[(&'static str, &'static str)]) -> Vec<u8> {
+    let mut resp = error_response(status, body);
     for (name, value) in extra {
         resp.headers_mut().insert(*name, tungstenite::http::HeaderValue::from_static(value));
     }
     let mut out = Vec::new();
-    tungstenite::handshake::server::write_response(&mut out, &resp).ok()?;
+    // Writing into a Vec cannot fail; the head is all static or numeric.
+    let _ = tungstenite::handshake::server::write_response(&mut out, &resp);
     out.extend_from_slice(body.as_bytes());
-    Some(out)
+    out
 }
 
 /// One connection owned by a reactor, on a TCP socket (`S` is an in-memory pipe only in the
@@ -293,7 +299,7 @@ impl<S: Stream> Conn<S> {
             Err(HandshakeError::Failure(e)) => {
                 inc(&ctx.shared.metrics.handshakes_failed);
                 if let Some(response) = bad_upgrade_response(&e) {
-                    crate::acceptor::answer_and_close(&*stream, &response);
+                    answer_and_close(&*stream, &response);
                 }
                 Next::End(End::BadHandshake(e))
             }

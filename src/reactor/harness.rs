@@ -7,9 +7,10 @@
 //! connection ended ([`Outcome::check`]).
 //!
 //! It must not be used by the gateway, open sockets, spawn threads or read the clock for
-//! deadlines (time is whatever the script says). Where it mirrors the reactor's bookkeeping
-//! (`turn`, `finish`) it must stay as close to `mod.rs` as it can: it adds no behaviour of its
-//! own, so what it checks is the gateway's.
+//! deadlines (time is whatever the script says). A connection's end goes through the reactor's
+//! own `retire`; where it mirrors the reactor's loop (`turn`, the inbox drain) it must stay as
+//! close to `mod.rs` as it can: it adds no behaviour of its own, so what it checks is the
+//! gateway's.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -719,19 +720,7 @@ impl Harness {
     /// As `Reactor::finish`.
     fn finish(&mut self, why: End) {
         let Some(conn) = self.conn.take() else { return };
-        self.ctx.mailbox.owned(-1);
-        let metrics = self.ctx.shared.metrics.clone();
-        add(&metrics.connections, -1);
-        if let Some(session) = conn.session.clone() {
-            session.mark_ended();
-            add(&metrics.sessions, -1);
-            if conn.announced {
-                self.ctx.event(Job::Disconnect(session.clone()));
-            }
-            self.ctx.dispatcher.session_ended(&session);
-            self.ctx.unregister(session);
-        }
-        drop(conn);
+        super::retire(&mut self.ctx, conn, &why);
         self.end = Some(why);
     }
 

@@ -10,7 +10,8 @@ mod conn;
 pub(crate) mod harness;
 mod socket;
 
-pub(crate) use socket::Stream;
+pub(crate) use conn::http_error;
+pub(crate) use socket::{answer_and_close, Stream};
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
@@ -103,7 +104,7 @@ impl Shared {
     pub(crate) fn new(config: Config, key: TokenKey, boot_id: String, metrics: &Arc<Metrics>) -> Shared {
         Shared {
             key,
-            ws_config: crate::gateway::ws_config(&config),
+            ws_config: ws_config(&config),
             registry: Arc::new(Registry::new(metrics.clone())),
             presence: Arc::new(Presence::new(metrics.clone())),
             metrics: metrics.clone(),
@@ -114,6 +115,17 @@ impl Shared {
             config,
         }
     }
+}
+
+/// The tungstenite configuration every session of a gateway with `config` runs with.
+fn ws_config(config: &Config) -> WebSocketConfig {
+    let write_threshold = (config.outbound_budget / 2).min(8192);
+    WebSocketConfig::default()
+        .read_buffer_size(config.read_buffer_size)
+        .write_buffer_size(write_threshold)
+        .max_write_buffer_size(config.outbound_budget)
+        .max_message_size(Some(config.max_message_size))
+        .max_frame_size(Some(config.max_message_size))
 }
 
 /// A reactor's queues, as handed to its thread.
@@ -441,9 +453,8 @@ impl Reactor {
                 if event.token() == WAKE {
                     continue;
                 }
-                let readable = event.is_readable() || event.is_read_closed() || event.is_error();
                 let peer_closed = event.is_read_closed() || event.is_error();
-                self.io(event.token().0, readable, event.is_writable(), peer_closed);
+                self.io(event.token().0, event.is_readable() || peer_closed, event.is_writable(), peer_closed);
             }
             self.beacon.doing(doing::HANDOFFS);
             self.accept_handoffs();
@@ -592,25 +603,32 @@ impl Reactor {
     /// Drops connection `key`: its socket closes, and a session is marked ended and unregistered.
     fn finish(&mut self, key: usize, why: End) {
         let conn = self.conns.remove(key);
-        self.ctx.mailbox.owned(-1);
-        let metrics = &self.ctx.shared.metrics;
-        add(&metrics.connections, -1);
-        let who = LazyWho(conn.session.as_deref());
-        match &why {
-            End::Bug(what) => log_throttled!(log::Level::Error, "{who}: ended by a bug: {what}"),
-            End::Io(e) => log::debug!("{who}: socket error: {e}"),
-            End::BadHandshake(e) => log::debug!("{who}: not a WebSocket upgrade: {e}"),
-            End::ErrorWhileClosing(e) => log::debug!("{who}: error while closing: {e}"),
-            other => log::debug!("{who}: ended ({other:?})"),
+        retire(&mut self.ctx, conn, &why);
+    }
+}
+
+/// The bookkeeping of a connection taken out of its reactor (the fuzzing harness's too): the
+/// gauges, the log line, and for a session its end, the handler's disconnect event and the
+/// unregistration. The socket closes when `conn` drops, at the end.
+pub(crate) fn retire<S: Stream>(ctx: &mut Ctx, conn: Conn<S>, why: &End) {
+    ctx.mailbox.owned(-1);
+    let metrics = &ctx.shared.metrics;
+    add(&metrics.connections, -1);
+    let who = LazyWho(conn.session.as_deref());
+    match why {
+        End::Bug(what) => log_throttled!(log::Level::Error, "{who}: ended by a bug: {what}"),
+        End::Io(e) => log::debug!("{who}: socket error: {e}"),
+        End::BadHandshake(e) => log::debug!("{who}: not a WebSocket upgrade: {e}"),
+        End::ErrorWhileClosing(e) => log::debug!("{who}: error while closing: {e}"),
+        other => log::debug!("{who}: ended ({other:?})"),
+    }
+    if let Some(session) = conn.session {
+        session.mark_ended();
+        add(&metrics.sessions, -1);
+        if conn.announced {
+            ctx.event(Job::Disconnect(session.clone()));
         }
-        if let Some(session) = conn.session {
-            session.mark_ended();
-            add(&metrics.sessions, -1);
-            if conn.announced {
-                self.ctx.event(Job::Disconnect(session.clone()));
-            }
-            self.ctx.dispatcher.session_ended(&session);
-            self.ctx.unregister(session);
-        }
+        ctx.dispatcher.session_ended(&session);
+        ctx.unregister(session);
     }
 }

@@ -57,6 +57,22 @@ impl Stream for TcpStream {
     }
 }
 
+/// Writes `response` without blocking and shuts the sending side: for a socket no WebSocket
+/// will run on (over `max_connections`, a refused upgrade). Best effort: whatever the client
+/// already sent (up to 64 KiB) is read first, so that closing does not turn into a reset that
+/// could destroy the response in flight.
+pub(crate) fn answer_and_close<S: Stream + ?Sized>(stream: &S, response: &[u8]) {
+    let mut scratch = [0u8; 2048];
+    for _ in 0..32 {
+        match stream.read(&mut scratch) {
+            Ok(n) if n > 0 => continue,
+            _ => break,
+        }
+    }
+    let _ = stream.write(response);
+    stream.shutdown_write();
+}
+
 pub(crate) struct Socket<S: Stream = TcpStream> {
     /// Shared with the connection only while it answers a failed upgrade, which tungstenite
     /// reports after dropping this wrapper.
